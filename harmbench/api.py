@@ -1,0 +1,279 @@
+"""Contracts every plugin implements: `Harmonizer`, `Evaluator`, `DatasetSource`.
+
+Harmonizers follow scikit-learn's estimator conventions: ``__init__`` only
+stores its keyword parameters under the same names, ``fit`` returns ``self``,
+``get_params`` / ``set_params`` come for free. Fitted state is exposed as a
+flat dict of numpy arrays (``get_state`` / ``set_state``) so that the runner
+can cache it as an ``.npz`` without pickling arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from harmbench.data.scan import Cohort, Scan
+from harmbench.errors import NotFittedError, PluginError
+
+__all__ = [
+    "DatasetSource",
+    "EvalCase",
+    "Evaluator",
+    "Harmonizer",
+    "Meta",
+    "MetricSpec",
+    "PerScanEvaluator",
+    "params_hash",
+]
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a harmonizer is and what it can do; the runner reads only this.
+
+    ``uses_reference``: needs one target-site scan at transform time (one-shot).
+    ``needs_source_sites``: trains on source-site scans (False for target-only
+    methods). ``handles_unseen_sites``: can harmonize scans from sites absent
+    from training; when False the ``unseen`` scenario is ``not_applicable``.
+    ``transductive``: looks at the test scans of a site to harmonize them.
+    ``devices``: the torch device kinds it can run on.
+    """
+
+    name: str
+    version: str
+    citation: str
+    description: str = ""
+    uses_reference: bool = False
+    needs_source_sites: bool = True
+    handles_unseen_sites: bool = True
+    transductive: bool = False
+    devices: tuple[str, ...] = ("cpu",)
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """Short stable hash of a parameter dict (JSON with sorted keys)."""
+    blob = json.dumps(dict(params), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class _Parametrised:
+    """``get_params`` / ``set_params`` read from the ``__init__`` signature."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+
+    def get_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> _Parametrised:
+        valid = set(self._param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise PluginError(
+                    f"{type(self).__name__} has no parameter {key!r}; valid: {', '.join(sorted(valid)) or 'none'}"
+                )
+            setattr(self, key, value)
+        return self
+
+
+class Harmonizer(_Parametrised, ABC):
+    """Maps a scan from any site into the target site's intensity scale.
+
+    Subclasses set ``meta`` and implement ``fit``, ``transform``,
+    ``get_state`` and ``set_state``. ``transform`` must return a scan of the
+    same shape, affine and mask as its input, with finite values, and must not
+    fit anything implicitly.
+    """
+
+    meta: ClassVar[Meta]
+
+    #: torch device string the runner asks for; plugins that ignore it run on CPU.
+    device: str = "cpu"
+
+    @abstractmethod
+    def fit(
+        self,
+        train: Cohort,
+        target_site: str,
+        reference: Scan | None = None,
+        *,
+        rng: np.random.Generator | None = None,
+    ) -> Harmonizer:
+        """Learn from the (unpaired) training cohort; returns ``self``."""
+
+    @abstractmethod
+    def transform(self, scan: Scan, reference: Scan | None = None) -> Scan:
+        """Harmonize one scan to the target site."""
+
+    @abstractmethod
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Fitted state as named numpy arrays (empty for stateless methods)."""
+
+    @abstractmethod
+    def set_state(self, state: Mapping[str, np.ndarray]) -> Harmonizer:
+        """Restore what ``get_state`` returned; returns ``self``."""
+
+    # -- provided -------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return bool(getattr(self, "fitted_", False))
+
+    def check_is_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"harmonizer {self.meta.name!r} is not fitted: call fit() before transform()")
+
+    def save(self, directory: str | Path) -> None:
+        """Write fitted state to ``directory/state.npz`` (no pickle) and params to ``params.json``."""
+        self.check_is_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: np.asarray(v) for k, v in self.get_state().items()}
+        for key, value in state.items():
+            if value.dtype == object:
+                raise PluginError(f"harmonizer {self.meta.name!r}: state entry {key!r} is an object array")
+        tmp = directory / "state.tmp.npz"
+        np.savez(tmp, **state)
+        tmp.replace(directory / "state.npz")
+        (directory / "params.json").write_text(
+            json.dumps({"name": self.meta.name, "version": self.meta.version, "params": self.get_params()},
+                       sort_keys=True, default=str)
+        )
+
+    def load(self, directory: str | Path) -> Harmonizer:
+        """Restore state written by ``save``; returns ``self``."""
+        with np.load(Path(directory) / "state.npz", allow_pickle=False) as npz:
+            state = {k: npz[k] for k in npz.files}
+        self.set_state(state)
+        self.fitted_ = True
+        return self
+
+    def params_hash(self) -> str:
+        return params_hash(self.get_params())
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric an evaluator computes.
+
+    ``higher_is_better``: True / False, or None for metrics where the best
+    value is ``ideal`` itself and both directions away from it are worse
+    (e.g. nWD(i,p), ideal 1). ``ideal`` is the value of a perfect
+    harmonization (``None`` if there is none); ``main`` metrics get a
+    leaderboard column.
+    """
+
+    name: str
+    higher_is_better: bool | None
+    unit: str = ""
+    ideal: float | None = None
+    main: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.higher_is_better is None and self.ideal is None:
+            raise ValueError(f"metric {self.name!r}: a metric without a direction needs an ideal value")
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """Everything an evaluator may look at for one harmonized test scan.
+
+    ``target`` is the same subject's scan at the target site (traveling
+    subject) or ``None``; ``target_pool`` holds target-site training scans for
+    metrics that fall back to the site's pooled distribution; ``timing`` holds
+    the runner's measurements (``fit_s``, ``transform_s``, ``peak_mem_mb``).
+    """
+
+    input: Scan
+    output: Scan
+    target: Scan | None
+    target_pool: Sequence[Scan] = ()
+    timing: Mapping[str, float] = field(default_factory=dict)
+
+
+class Evaluator(_Parametrised, ABC):
+    """Computes metrics for all harmonized scans of one (scenario, harmonizer) cell.
+
+    ``evaluate`` returns records ``{"subject", "site", "metric", "value"}``;
+    scenario-level metrics use ``subject = "*"`` and ``site = "*"``.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0"
+    metrics: ClassVar[tuple[MetricSpec, ...]]
+
+    def prepare(self, train: Cohort, target_site: str, cache_dir: Path | None) -> None:  # noqa: B027
+        """Train whatever the evaluator needs, once per dataset and target (default: nothing)."""
+
+    @abstractmethod
+    def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
+        """Metric records for the cell's cases."""
+
+    def metric(self, name: str) -> MetricSpec:
+        for spec in self.metrics:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+class PerScanEvaluator(Evaluator):
+    """An evaluator whose metrics are computed one scan at a time."""
+
+    @abstractmethod
+    def evaluate_scan(self, case: EvalCase) -> dict[str, float]:
+        """Metric name → value for one case (NaN where undefined)."""
+
+    def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
+        records = []
+        for case in cases:
+            values = self.evaluate_scan(case)
+            for spec in self.metrics:
+                value = values.get(spec.name, math.nan)
+                records.append(
+                    {"subject": case.input.subject, "site": case.input.site, "metric": spec.name, "value": float(value)}
+                )
+        return records
+
+
+class DatasetSource(_Parametrised, ABC):
+    """A named cohort provider (``--dataset NAME``), e.g. the simulator.
+
+    ``fingerprint`` must be cheap (no image loading): the runner keys its
+    caches on it so that an unchanged re-run never loads the data.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Stable string identifying exactly the data ``load`` would return."""
+
+    @abstractmethod
+    def load(self) -> Cohort:
+        """Build or read the cohort."""
+
+    def default_target_site(self, cohort: Cohort) -> str:
+        return cohort.sites[0]
+
+    def default_unseen_sites(self, cohort: Cohort) -> list[str]:
+        """Default held-out sites: the last third of the sites, when there are four or more."""
+        sites = cohort.sites
+        if len(sites) < 4:
+            return []
+        return sites[len(sites) - len(sites) // 3 :]

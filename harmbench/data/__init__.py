@@ -1,0 +1,1 @@
+"""Scans, cohorts, loading real data, and the simulated traveling-subject cohort."""

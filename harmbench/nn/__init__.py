@@ -1,0 +1,1 @@
+"""torch building blocks shared by the deep harmonizers."""

@@ -1,0 +1,1 @@
+"""Built-in harmbench plugins, registered through the same entry-point group as third-party ones."""
