@@ -150,8 +150,11 @@ class Harmonizer(_Parametrised, ABC):
         np.savez(tmp, **state)
         tmp.replace(directory / "state.npz")
         (directory / "params.json").write_text(
-            json.dumps({"name": self.meta.name, "version": self.meta.version, "params": self.get_params()},
-                       sort_keys=True, default=str)
+            json.dumps(
+                {"name": self.meta.name, "version": self.meta.version, "params": self.get_params()},
+                sort_keys=True,
+                default=str,
+            )
         )
 
     def load(self, directory: str | Path) -> Harmonizer:
@@ -217,7 +220,7 @@ class Evaluator(_Parametrised, ABC):
     version: ClassVar[str] = "0"
     metrics: ClassVar[tuple[MetricSpec, ...]]
 
-    def prepare(self, train: Cohort, target_site: str, cache_dir: Path | None) -> None:  # noqa: B027
+    def prepare(self, train: Cohort, target_site: str, cache_dir: Path | None) -> None:
         """Train whatever the evaluator needs, once per dataset and target (default: nothing)."""
 
     @abstractmethod

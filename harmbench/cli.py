@@ -1,0 +1,207 @@
+"""The ``harmbench`` command line.
+
+Errors a user can act on print as one line ``harmbench: error: …`` and exit 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import harmbench
+from harmbench.errors import HarmbenchError
+
+log = logging.getLogger("harmbench")
+
+EXIT_ERROR = 2
+EXIT_FAILED_CELLS = 1
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harmbench",
+        description="Benchmark MRI harmonization methods under one protocol, on seen and unseen sites.",
+    )
+    parser.add_argument("--version", action="version", version=f"harmbench {harmbench.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run a suite and write results and leaderboards",
+        description="Run a suite (default: the built-in suite on the simulated cohort). Cells already on disk "
+        "in --out are reused, so an interrupted run resumes where it stopped.",
+    )
+    run.add_argument("suite", nargs="?", help="suite TOML file (default: the built-in 'default' suite)")
+    run.add_argument("--dataset", help="registered dataset name, or a BIDS-like folder / CSV manifest path")
+    run.add_argument("--profile", choices=["quick", "standard", "full"], help="simulator profile (simulated data)")
+    run.add_argument("--target-site", help="site every scan is harmonized to (default: the dataset's)")
+    run.add_argument("--unseen-sites", type=_csv, help="comma-separated sites held out of training")
+    run.add_argument("--harmonizers", help="comma-separated harmonizer names (replaces the suite's list)")
+    run.add_argument("--evaluators", help="comma-separated evaluator names (replaces the suite's list)")
+    run.add_argument("--device", help="torch device for methods that support it, e.g. cpu or cuda (default: cpu)")
+    run.add_argument("--out", type=Path, help="output folder (default: leaderboards/<suite name>)")
+    run.add_argument("--seed", type=int, help="seed for the split, simulator and training (default: the suite's)")
+    run.add_argument("--save-images", action="store_true", help="write harmonized volumes under OUT/images/")
+    run.add_argument("--retry-failed", action="store_true", help="recompute cells that failed in an earlier run")
+    run.add_argument("--cell-timeout", type=float, help="seconds after which a plugin's fit/transform/evaluate fails")
+
+    lst = sub.add_parser("list", help="list registered harmonizers, evaluators or datasets")
+    lst.add_argument("kind", nargs="?", choices=["harmonizers", "evaluators", "datasets"], help="what to list")
+
+    sub.add_parser("plugins", help="list loaded plugins with their distribution and version")
+
+    board = sub.add_parser("leaderboard", help="re-render leaderboards from stored results (no rerun)")
+    board.add_argument("dir", type=Path, help="a run's output folder (holds results.parquet)")
+    board.add_argument("--seed", type=int, help="bootstrap seed (default: the one stored with the results)")
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    synth = data_sub.add_parser("synth", help="write the simulated cohort as a BIDS-like folder")
+    synth.add_argument("out", type=Path, help="folder to create")
+    synth.add_argument("--profile", default="quick", choices=["quick", "standard", "full"], help="default: quick")
+    synth.add_argument("--seed", type=int, default=0, help="default: 0")
+    synth.add_argument("--subjects", type=int, help="number of subjects (default: the profile's)")
+    synth.add_argument("--sites-file", type=Path, help="TOML with extra or replacement sites")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harmbench.runner import Runner
+    from harmbench.suite import components_from_names, load_suite
+
+    suite = load_suite(args.suite)
+    changes: dict = {}
+    if args.dataset:
+        changes["dataset"] = args.dataset
+        if args.dataset != suite.dataset:
+            changes["dataset_params"] = {}
+    params = dict(changes.get("dataset_params", suite.dataset_params))
+    if args.profile:
+        params["profile"] = args.profile
+    changes["dataset_params"] = params
+    for option, key in (("target_site", "target_site"), ("seed", "seed"), ("device", "device")):
+        if getattr(args, option) is not None:
+            changes[key] = getattr(args, option)
+    if args.unseen_sites is not None:
+        changes["unseen_sites"] = tuple(args.unseen_sites)
+    if args.harmonizers:
+        changes["harmonizers"] = components_from_names(args.harmonizers, "harmonizers")
+    if args.evaluators:
+        changes["evaluators"] = components_from_names(args.evaluators, "evaluators")
+    if args.cell_timeout is not None:
+        changes["cell_timeout_s"] = args.cell_timeout
+    suite = suite.replace(**changes)
+    out = args.out or Path("leaderboards") / suite.name
+    runner = Runner(suite, out, progress=not args.quiet, save_images=args.save_images, retry_failed=args.retry_failed)
+    report = runner.run()
+    log.info("%d cells, %d computed now, %d failed", report.cells_total, report.cells_computed, report.cells_failed)
+    for failure in report.failures:
+        log.warning("failed: %s", failure)
+    sys.stdout.write(f"leaderboard: {report.leaderboards['md']}\n")
+    sys.stdout.write(f"results:     {report.results_path}\n")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from harmbench.plugins import KINDS, Registry
+
+    registry = Registry()
+    for kind in [args.kind] if args.kind else list(KINDS):
+        sys.stdout.write(f"{kind}:\n")
+        for entry in registry.entries(kind):
+            cls = entry.cls
+            if kind == "harmonizers":
+                meta = cls.meta
+                caps = [
+                    c
+                    for c, on in (
+                        ("one-shot", meta.uses_reference),
+                        ("target-only", not meta.needs_source_sites),
+                        ("seen-sites-only", not meta.handles_unseen_sites),
+                        ("transductive", meta.transductive),
+                    )
+                    if on
+                ]
+                detail = f"v{meta.version}" + (f" [{', '.join(caps)}]" if caps else "")
+            elif kind == "evaluators":
+                detail = "metrics: " + ", ".join(m.name for m in cls.metrics)
+            else:
+                detail = (getattr(cls, "description", "") or "").strip().splitlines()[0:1]
+                detail = detail[0] if detail else ""
+            sys.stdout.write(f"  {entry.name:<16} {detail}  ({entry.distribution})\n")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from harmbench.plugins import Registry
+
+    for name, dist in Registry().plugins():
+        sys.stdout.write(f"{name:<20} {dist}\n")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from harmbench.leaderboard import write_leaderboards
+    from harmbench.results import read_results
+
+    results = read_results(args.dir)
+    seed = args.seed if args.seed is not None else (int(results["seed"].iloc[0]) if len(results) else 0)
+    suite = str(results["suite"].iloc[0]) if len(results) else args.dir.name
+    paths = write_leaderboards(results, args.dir, seed=seed, title=f"harmbench leaderboard: {suite}")
+    sys.stdout.write(f"leaderboard: {paths['md']}\n")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command != "synth":
+        raise HarmbenchError("usage: harmbench data synth OUT")
+    from harmbench.data.io import write_bids
+    from harmbench.data.sim import load_sites, simulate_cohort
+
+    sites = load_sites(args.sites_file)[0] if args.sites_file else None
+    cohort = simulate_cohort(args.profile, args.seed, n_subjects=args.subjects, sites=sites, progress=True)
+    out = write_bids(cohort, args.out)
+    sys.stdout.write(
+        f"wrote {len(cohort)} scans ({len(cohort.subjects)} subjects × {len(cohort.sites)} sites) to {out}\n"
+    )
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard, "data": cmd_data}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
+        stream=sys.stderr,
+    )
+    if args.command is None:
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return COMMANDS[args.command](args)
+    except HarmbenchError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"harmbench: error: {exc}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("harmbench: interrupted; finished cells are kept, rerun to resume\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The tidy results table (one row per metric per test scan) and its on-disk store.
+
+Each finished cell is written as its own Parquet file, atomically (temp file +
+rename), so a killed run loses at most the cell in progress and a re-run
+computes only the cells that are missing (the mteb model).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from harmbench.errors import DataError
+
+#: Column order of the results table; `harmbench.leaderboard` reads these.
+COLUMNS: tuple[str, ...] = (
+    "suite",
+    "dataset",
+    "scenario",
+    "harmonizer",
+    "params_hash",
+    "evaluator",
+    "metric",
+    "subject",
+    "site",
+    "value",
+    "status",
+    "error",
+    "higher_is_better",
+    "ideal",
+    "unit",
+    "main",
+    "transductive",
+    "seed",
+    "device",
+    "harmbench_version",
+    "harmonizer_version",
+    "evaluator_version",
+    "cell_id",
+    "started",
+    "finished",
+)
+STATUSES = ("ok", "failed", "not_applicable")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` is either absent, the old file, or complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def to_frame(records: Iterable[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(records))
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.Series(dtype=object)
+    frame = frame[list(COLUMNS)]
+    frame["value"] = frame["value"].astype(float)
+    frame["ideal"] = frame["ideal"].astype(float)
+    frame["main"] = frame["main"].astype(bool)
+    frame["transductive"] = frame["transductive"].astype(bool)
+    return frame
+
+
+class ResultStore:
+    """Cell files under ``<out>/cells/``; ``results.parquet`` is their concatenation."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.cells_dir = self.out_dir / "cells"
+
+    def cell_path(self, cell_id: str) -> Path:
+        return self.cells_dir / f"{cell_id}.parquet"
+
+    def has(self, cell_id: str) -> bool:
+        return self.cell_path(cell_id).exists()
+
+    def write_cell(self, cell_id: str, records: Iterable[dict]) -> None:
+        frame = to_frame(records)
+        frame["cell_id"] = cell_id
+        atomic_write_bytes(self.cell_path(cell_id), frame.to_parquet(index=False))
+
+    def read_cells(self, cell_ids: Iterable[str]) -> pd.DataFrame:
+        frames = [pd.read_parquet(self.cell_path(c)) for c in cell_ids if self.has(c)]
+        if not frames:
+            return to_frame([])
+        return pd.concat(frames, ignore_index=True)
+
+    def write_results(self, frame: pd.DataFrame) -> Path:
+        path = self.out_dir / "results.parquet"
+        atomic_write_bytes(path, frame.to_parquet(index=False))
+        return path
+
+
+def read_results(out_dir: str | Path) -> pd.DataFrame:
+    """The stored results table of a finished (or partial) run."""
+    path = Path(out_dir) / "results.parquet"
+    if not path.exists():
+        raise DataError(f"{path}: no results here; run `harmbench run --out {out_dir}` first")
+    return pd.read_parquet(path)

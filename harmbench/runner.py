@@ -1,0 +1,508 @@
+"""Executes a suite: fits each harmonizer once, harmonizes every scenario's test
+scans, evaluates each (scenario, harmonizer, evaluator) cell, writes results.
+
+Guarantees (DESIGN §4):
+- a cell's rows are written atomically as soon as it finishes; a killed run
+  resumes from the cells on disk, and an unchanged re-run computes nothing and
+  does not even load the data;
+- a plugin that raises, hangs past ``cell_timeout_s``, or breaks the output
+  contract fails only its own cells, with the reason in the results (and the
+  traceback under ``<out>/errors/``);
+- fitted models are cached as arrays under ``<out>/cache/models/``;
+- capabilities come from ``meta`` only: a harmonizer that cannot handle a
+  scenario gets ``not_applicable`` cells.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+import harmbench
+from harmbench.api import EvalCase, Evaluator, Harmonizer, params_hash
+from harmbench.data.io import LocalDataset, validate_cohort
+from harmbench.data.scan import Cohort, Scan
+from harmbench.errors import ConfigError, HarmbenchError, PluginError
+from harmbench.leaderboard import write_leaderboards
+from harmbench.plugins import Registry
+from harmbench.progress import progress as progress_bar
+from harmbench.progress import progress_enabled
+from harmbench.protocol import SCENARIOS, Split, SplitData, make_split
+from harmbench.results import ResultStore, atomic_write_text, to_frame
+from harmbench.suite import Component, Suite
+
+log = logging.getLogger(__name__)
+
+
+class CellTimeout(HarmbenchError):
+    """A plugin ran past the suite's ``cell_timeout_s``."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Raise `CellTimeout` in the main thread after ``seconds`` (no limit when None or off the main thread)."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise CellTimeout(f"{what} ran longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _hash(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _reason(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
+def _direction(higher_is_better: bool | None) -> str:
+    return {True: "higher", False: "lower", None: "ideal"}[higher_is_better]
+
+
+def check_output(name: str, given: Scan, output: Any) -> Scan:
+    """Enforce the transform contract on a plugin's output (shape, affine, mask, finite)."""
+    if not isinstance(output, Scan):
+        raise PluginError(f"harmonizer {name!r} returned {type(output).__name__} for {given.key}, not a Scan")
+    if output.shape != given.shape:
+        raise PluginError(f"harmonizer {name!r} returned shape {output.shape} for {given.key}, expected {given.shape}")
+    if not np.allclose(output.affine, given.affine):
+        raise PluginError(f"harmonizer {name!r} changed the affine of {given.key}")
+    if (output.mask is None) != (given.mask is None) or (
+        given.mask is not None and not np.array_equal(output.mask, given.mask)
+    ):
+        raise PluginError(f"harmonizer {name!r} changed the brain mask of {given.key}")
+    if not np.all(np.isfinite(output.data)):
+        raise PluginError(f"harmonizer {name!r} returned NaN or infinite values for {given.key}")
+    return output
+
+
+@dataclass
+class Cell:
+    scenario: str
+    harmonizer: Component
+    evaluator: Component
+    cell_id: str
+
+
+@dataclass
+class RunReport:
+    out_dir: Path
+    results_path: Path
+    leaderboards: dict[str, Path]
+    cells_total: int = 0
+    cells_computed: int = 0
+    cells_failed: int = 0
+    split: Split | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+class Runner:
+    """Runs one suite into one output folder."""
+
+    def __init__(
+        self,
+        suite: Suite,
+        out_dir: str | Path,
+        *,
+        registry: Registry | None = None,
+        progress: bool = True,
+        save_images: bool = False,
+        retry_failed: bool = False,
+    ) -> None:
+        self.suite = suite
+        self.retry_failed = retry_failed
+        self.out_dir = Path(out_dir)
+        self.registry = registry if registry is not None else Registry()
+        self.progress = progress
+        self.save_images = save_images
+        self.store = ResultStore(self.out_dir)
+        if not suite.harmonizers:
+            raise ConfigError("the suite names no harmonizer")
+        if not suite.evaluators:
+            raise ConfigError("the suite names no evaluator")
+        # resolve every name before any work so a typo fails in a second, not after a fit
+        self.harmonizer_classes = {c.label: self.registry.harmonizer(c.plugin) for c in suite.harmonizers}
+        self.evaluator_classes = {c.label: self.registry.evaluator(c.plugin) for c in suite.evaluators}
+        for c in suite.harmonizers:
+            self._instantiate(self.harmonizer_classes[c.label], c)
+        self.dataset = self._dataset()
+        self._cohort: Cohort | None = None
+        self._evaluators: dict[str, Evaluator] = {}
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _instantiate(self, cls: type, component: Component) -> Any:
+        try:
+            return cls(**component.params)
+        except TypeError as exc:
+            raise ConfigError(f"{component.label}: invalid parameters {component.params} ({exc})") from exc
+
+    def _dataset(self) -> Any:
+        name = self.suite.dataset
+        params = dict(self.suite.dataset_params)
+        if name in self.registry.names("datasets"):
+            cls = self.registry.dataset(name)
+            if "seed" in cls._param_names() and "seed" not in params:
+                params["seed"] = self.suite.seed
+            return self._instantiate(cls, Component(label=name, plugin=name, params=params))
+        if Path(name).exists() or "/" in name or name.endswith((".csv", ".tsv")):
+            return LocalDataset(name)
+        self.registry.dataset(name)  # raises with the close matches
+        raise AssertionError("unreachable")
+
+    @property
+    def dataset_label(self) -> str:
+        return self.suite.dataset
+
+    def context_id(self) -> str:
+        """Everything that decides the split and the data; part of every cache key."""
+        s = self.suite
+        return _hash(
+            "context",
+            self.dataset.fingerprint(),
+            s.target_site,
+            list(s.unseen_sites) if s.unseen_sites is not None else None,
+            s.n_test_subjects,
+            s.seed,
+        )
+
+    def cohort(self) -> Cohort:
+        if self._cohort is None:
+            log.info("loading dataset %s", self.dataset_label)
+            self._cohort = validate_cohort(self.dataset.load())
+        return self._cohort
+
+    def resolve_split(self) -> Split:
+        path = self.out_dir / "cache" / "splits" / f"{self.context_id()}.json"
+        if path.exists():
+            return Split.from_dict(json.loads(path.read_text()))
+        cohort = self.cohort()
+        target = self.suite.target_site or self.dataset.default_target_site(cohort)
+        unseen = (
+            list(self.suite.unseen_sites)
+            if self.suite.unseen_sites is not None
+            else [s for s in self.dataset.default_unseen_sites(cohort) if s != target]
+        )
+        split = make_split(cohort, target, unseen, n_test_subjects=self.suite.n_test_subjects, seed=self.suite.seed)
+        atomic_write_text(path, json.dumps(split.to_dict(), indent=2, sort_keys=True))
+        return split
+
+    def plan(self, split: Split) -> list[Cell]:
+        context = self.context_id()
+        cells = []
+        for h in self.suite.harmonizers:
+            h_cls = self.harmonizer_classes[h.label]
+            for scenario in split.scenarios():
+                for e in self.suite.evaluators:
+                    e_cls = self.evaluator_classes[e.label]
+                    key = _hash(
+                        context, scenario, h.plugin, h_cls.meta.version, h.params, e.plugin, e_cls.version, e.params
+                    )
+                    cells.append(Cell(scenario, h, e, f"{scenario}--{h.label}--{e.label}--{key}"))
+        return cells
+
+    # -- records ----------------------------------------------------------------------------------
+    def _base_record(self, cell: Cell, device: str) -> dict[str, Any]:
+        h_cls = self.harmonizer_classes[cell.harmonizer.label]
+        e_cls = self.evaluator_classes[cell.evaluator.label]
+        return {
+            "suite": self.suite.name,
+            "dataset": self.dataset_label,
+            "scenario": cell.scenario,
+            "harmonizer": cell.harmonizer.label,
+            "params_hash": params_hash(cell.harmonizer.params),
+            "evaluator": cell.evaluator.label,
+            "transductive": bool(h_cls.meta.transductive),
+            "seed": self.suite.seed,
+            "device": device,
+            "harmbench_version": harmbench.__version__,
+            "harmonizer_version": h_cls.meta.version,
+            "evaluator_version": e_cls.version,
+        }
+
+    def _metric_fields(self, e_cls: type, metric: str) -> dict[str, Any]:
+        spec = next(m for m in e_cls.metrics if m.name == metric)
+        return {
+            "metric": metric,
+            "higher_is_better": _direction(spec.higher_is_better),
+            "ideal": np.nan if spec.ideal is None else float(spec.ideal),
+            "unit": spec.unit,
+            "main": bool(spec.main),
+        }
+
+    def _status_cell(self, cell: Cell, status: str, reason: str, device: str, started: str) -> int:
+        e_cls = self.evaluator_classes[cell.evaluator.label]
+        base = self._base_record(cell, device)
+        finished = _now()
+        records = [
+            {
+                **base,
+                **self._metric_fields(e_cls, spec.name),
+                "subject": "*",
+                "site": "*",
+                "value": np.nan,
+                "status": status,
+                "error": reason,
+                "started": started,
+                "finished": finished,
+            }
+            for spec in e_cls.metrics
+        ]
+        self.store.write_cell(cell.cell_id, records)
+        return 1 if status == "failed" else 0
+
+    def _keep_traceback(self, name: str, exc: BaseException) -> None:
+        path = self.out_dir / "errors" / f"{name}.txt"
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        atomic_write_text(path, text)
+        log.debug("traceback of %s:\n%s", name, text)
+
+    # -- execution --------------------------------------------------------------------------------
+    def _device_for(self, h_cls: type) -> str:
+        kind = self.suite.device.split(":")[0]
+        return self.suite.device if kind in h_cls.meta.devices else "cpu"
+
+    def _fit(self, component: Component, data: SplitData, device: str) -> tuple[Harmonizer, float]:
+        h_cls = self.harmonizer_classes[component.label]
+        model_key = _hash(self.context_id(), component.plugin, h_cls.meta.version, component.params, device)
+        model_dir = self.out_dir / "cache" / "models" / f"{component.label}-{model_key}"
+        harmonizer: Harmonizer = self._instantiate(h_cls, component)
+        if "device" in harmonizer._param_names():
+            harmonizer.set_params(device=device)
+        fit_record = model_dir / "fit.json"
+        if fit_record.exists() and (model_dir / "state.npz").exists():
+            try:
+                harmonizer.load(model_dir)
+                return harmonizer, float(json.loads(fit_record.read_text())["fit_s"])
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("cached model %s is unreadable (%s); refitting", model_dir, exc)
+        train = data.train
+        if not h_cls.meta.needs_source_sites:
+            train = train.filter(lambda s: s.site == data.target_site, name=f"{train.name}:target")
+        rng = np.random.default_rng(self.suite.seed)
+        start = time.perf_counter()
+        with time_limit(self.suite.cell_timeout_s, f"fit of {component.label}"):
+            returned = harmonizer.fit(train, data.target_site, data.reference, rng=rng)
+        fit_s = time.perf_counter() - start
+        if returned is not harmonizer:
+            raise PluginError(f"harmonizer {component.label!r}: fit() must return self")
+        harmonizer.save(model_dir)
+        atomic_write_text(fit_record, json.dumps({"fit_s": fit_s}))
+        return harmonizer, fit_s
+
+    def _transform_all(
+        self, component: Component, harmonizer: Harmonizer, scans: Sequence[Scan], reference: Scan, scenario: str
+    ) -> tuple[list[Scan], list[float]]:
+        outputs, times = [], []
+        uses_reference = self.harmonizer_classes[component.label].meta.uses_reference
+        bar = progress_bar(scans, desc=f"{component.label} [{scenario}]", unit="scan")
+        with time_limit(self.suite.cell_timeout_s, f"transform of {scenario} scans by {component.label}"):
+            for scan in bar:
+                start = time.perf_counter()
+                output = harmonizer.transform(scan, reference if uses_reference else None)
+                times.append(time.perf_counter() - start)
+                outputs.append(check_output(component.label, scan, output))
+        return outputs, times
+
+    def _image_path(self, scenario: str, label: str, scan: Scan) -> Path:
+        return self.out_dir / "images" / scenario / label / f"{scan.subject}_{scan.site}.nii.gz"
+
+    def _save_images(self, scenario: str, label: str, outputs: Sequence[Scan]) -> None:
+        for scan in outputs:
+            path = self._image_path(scenario, label, scan)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+            nib.save(nib.Nifti1Image(scan.data.astype(np.float32), scan.affine), tmp)
+            tmp.replace(path)
+
+    def _evaluator(self, component: Component, data: SplitData) -> Evaluator:
+        if component.label not in self._evaluators:
+            e_cls = self.evaluator_classes[component.label]
+            evaluator = self._instantiate(e_cls, component)
+            cache = (
+                self.out_dir
+                / "cache"
+                / "evaluators"
+                / f"{component.label}-{_hash(self.context_id(), e_cls.version, component.params)}"
+            )
+            evaluator.prepare(data.train, data.target_site, cache)
+            self._evaluators[component.label] = evaluator
+        return self._evaluators[component.label]
+
+    def _evaluate_cell(self, cell: Cell, cases: list[EvalCase], data: SplitData, device: str, started: str) -> int:
+        e_cls = self.evaluator_classes[cell.evaluator.label]
+        declared = {m.name for m in e_cls.metrics}
+        try:
+            evaluator = self._evaluator(cell.evaluator, data)
+            with time_limit(self.suite.cell_timeout_s, f"evaluator {cell.evaluator.label}"):
+                records = evaluator.evaluate(cases)
+            for r in records:
+                if r.get("metric") not in declared:
+                    raise PluginError(
+                        f"evaluator {cell.evaluator.label!r} returned undeclared metric {r.get('metric')!r}"
+                    )
+        except Exception as exc:  # isolation: the reason goes into the results, the traceback under errors/
+            self._keep_traceback(cell.cell_id, exc)
+            return self._status_cell(cell, "failed", _reason(exc), device, started)
+        base = self._base_record(cell, device)
+        finished = _now()
+        rows = [
+            {
+                **base,
+                **self._metric_fields(e_cls, r["metric"]),
+                "subject": str(r["subject"]),
+                "site": str(r["site"]),
+                "value": float(r["value"]),
+                "status": "ok",
+                "error": "",
+                "started": started,
+                "finished": finished,
+            }
+            for r in records
+        ]
+        self.store.write_cell(cell.cell_id, rows)
+        return 0
+
+    def _run_harmonizer(self, component: Component, cells: list[Cell], data_fn: Any, report: RunReport) -> None:
+        h_cls = self.harmonizer_classes[component.label]
+        device = self._device_for(h_cls)
+        started = _now()
+        runnable = []
+        for cell in cells:
+            if cell.scenario == "unseen" and not h_cls.meta.handles_unseen_sites:
+                self._status_cell(
+                    cell, "not_applicable", "cannot harmonize sites absent from training (meta)", device, started
+                )
+                report.cells_computed += 1
+            else:
+                runnable.append(cell)
+        scenarios_needing_images = set()
+        if self.save_images:
+            data = data_fn()
+            for scenario in {c.scenario for c in cells}:
+                if scenario == "unseen" and not h_cls.meta.handles_unseen_sites:
+                    continue
+                if any(
+                    not self._image_path(scenario, component.label, s).exists() for s in data.scenario_scans(scenario)
+                ):
+                    scenarios_needing_images.add(scenario)
+        missing = [c for c in runnable if not self.store.has(c.cell_id)]
+        if not missing and not scenarios_needing_images:
+            return
+        data = data_fn()
+        try:
+            harmonizer, fit_s = self._fit(component, data, device)
+        except Exception as exc:  # isolation: the reason goes into the results, the traceback under errors/
+            self._keep_traceback(f"fit--{component.label}", exc)
+            report.failures.append(f"{component.label}: fit failed: {_reason(exc)}")
+            for cell in missing:
+                report.cells_failed += self._status_cell(cell, "failed", f"fit: {_reason(exc)}", device, started)
+                report.cells_computed += 1
+            return
+        for scenario in SCENARIOS:
+            todo = [c for c in missing if c.scenario == scenario]
+            if not todo and scenario not in scenarios_needing_images:
+                continue
+            scans = data.scenario_scans(scenario)
+            try:
+                outputs, times = self._transform_all(component, harmonizer, scans, data.reference, scenario)
+            except Exception as exc:  # isolation: the reason goes into the results, the traceback under errors/
+                self._keep_traceback(f"transform--{scenario}--{component.label}", exc)
+                report.failures.append(f"{component.label} [{scenario}]: {_reason(exc)}")
+                for cell in todo:
+                    report.cells_failed += self._status_cell(
+                        cell, "failed", f"transform: {_reason(exc)}", device, started
+                    )
+                    report.cells_computed += 1
+                continue
+            if self.save_images:
+                self._save_images(scenario, component.label, outputs)
+            cases = [
+                EvalCase(
+                    input=scan,
+                    output=out,
+                    target=data.paired_target(scan),
+                    target_pool=data.target_pool(),
+                    timing={"fit_s": fit_s, "transform_s": t},
+                )
+                for scan, out, t in zip(scans, outputs, times, strict=True)
+            ]
+            for cell in todo:
+                report.cells_failed += self._evaluate_cell(cell, cases, data, device, started)
+                report.cells_computed += 1
+
+    def _forget_failed(self, cells: Sequence[Cell]) -> None:
+        for cell in cells:
+            if self.store.has(cell.cell_id):
+                frame = self.store.read_cells([cell.cell_id])
+                if (frame["status"] == "failed").any():
+                    self.store.cell_path(cell.cell_id).unlink()
+
+    def run(self) -> RunReport:
+        """Run every missing cell, then write results and leaderboards."""
+        with progress_enabled(None if self.progress else False):
+            return self._run()
+
+    def _run(self) -> RunReport:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        split = self.resolve_split()
+        cells = self.plan(split)
+        if self.retry_failed:
+            self._forget_failed(cells)
+        report = RunReport(self.out_dir, self.out_dir / "results.parquet", {}, cells_total=len(cells), split=split)
+        split_data: list[SplitData] = []
+
+        def data() -> SplitData:
+            if not split_data:
+                split_data.append(SplitData(split, self.cohort()))
+            return split_data[0]
+
+        by_harmonizer = {
+            c.label: [cell for cell in cells if cell.harmonizer.label == c.label] for c in self.suite.harmonizers
+        }
+        for component in progress_bar(self.suite.harmonizers, desc="harmonizers", unit="method"):
+            self._run_harmonizer(component, by_harmonizer[component.label], data, report)
+        results = self.store.read_cells([c.cell_id for c in cells])
+        results = to_frame(results.to_dict("records"))
+        report.cells_failed = int(results.loc[results["status"] == "failed", "cell_id"].nunique())
+        report.results_path = self.store.write_results(results)
+        atomic_write_text(self.out_dir / "suite.toml", self.suite.to_toml())
+        atomic_write_text(self.out_dir / "split.json", json.dumps(split.to_dict(), indent=2, sort_keys=True) + "\n")
+        report.leaderboards = write_leaderboards(
+            results, self.out_dir, seed=self.suite.seed, title=f"harmbench leaderboard: {self.suite.name}"
+        )
+        return report
+
+
+def run_suite(suite: Suite, out_dir: str | Path, **kwargs: Any) -> RunReport:
+    """Convenience wrapper: ``Runner(suite, out_dir, **kwargs).run()``."""
+    return Runner(suite, out_dir, **kwargs).run()

@@ -1,0 +1,468 @@
+"""Conformance checks for harmbench plugins, modelled on scikit-learn's ``check_estimator``.
+
+A plugin author calls these from pytest::
+
+    from harmbench.testing import check_harmonizer
+
+    def test_conformance(tiny_cohort):
+        check_harmonizer(MyHarmonizer(), train, target_site, reference, test_scans)
+
+Every check raises ``AssertionError`` whose message starts with ``[check_name]``
+and names the plugin, so a failing test says which part of the contract
+(``harmbench.api``, DESIGN §2) was broken. Each check is also public so that a
+failure can be reproduced on its own.
+
+Harmonizer checks never mutate the instance they are given: they work on fresh
+clones built from ``type(h)(**h.get_params())``, which is itself a check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmbench.api import EvalCase, Evaluator, Harmonizer, Meta, MetricSpec
+from harmbench.data.scan import Cohort, Scan
+from harmbench.errors import NotFittedError
+
+__all__ = [
+    "check_deterministic",
+    "check_evaluator",
+    "check_fit_does_not_change_params",
+    "check_fit_returns_self",
+    "check_get_params",
+    "check_handles_unseen_sites",
+    "check_harmonizer",
+    "check_meta",
+    "check_needs_source_sites",
+    "check_not_fitted",
+    "check_save_load",
+    "check_transform_output",
+    "check_uses_reference",
+    "clone",
+]
+
+RECORD_KEYS = frozenset({"subject", "site", "metric", "value"})
+_UNSEEN_SITE = "harmbench-check-unseen-site"
+
+
+class _CheckFailed(AssertionError):
+    pass
+
+
+def _fail(check: str, who: str, message: str) -> None:
+    raise _CheckFailed(f"[{check}] {who}: {message}")
+
+
+def _who(harmonizer: Harmonizer) -> str:
+    meta = getattr(type(harmonizer), "meta", None)
+    name = getattr(meta, "name", None) or type(harmonizer).__name__
+    return f"harmonizer {name!r} ({type(harmonizer).__name__})"
+
+
+def clone(harmonizer: Harmonizer) -> Harmonizer:
+    """A fresh, unfitted instance with the same parameters."""
+    return type(harmonizer)(**harmonizer.get_params())
+
+
+@contextmanager
+def _reraise_as(check: str, who: str, doing: str) -> Iterator[None]:
+    """Turn an unexpected exception into an AssertionError that names the check."""
+    try:
+        yield
+    except _CheckFailed:
+        raise
+    except Exception as exc:
+        raise _CheckFailed(f"[{check}] {who}: {doing} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _fit(h: Harmonizer, train: Cohort, target_site: str, reference: Scan | None, seed: int, check: str) -> Harmonizer:
+    with _reraise_as(check, _who(h), "fit()"):
+        h.fit(train, target_site, reference, rng=np.random.default_rng(seed))
+    return h
+
+
+def _transform(h: Harmonizer, scan: Scan, reference: Scan | None, check: str) -> Scan:
+    with _reraise_as(check, _who(h), f"transform({scan.describe()})"):
+        out = h.transform(scan, reference)
+    if not isinstance(out, Scan):
+        _fail(check, _who(h), f"transform() returned {type(out).__name__}, expected harmbench.Scan")
+    return out
+
+
+def _params_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # objects whose == is ambiguous count as unequal
+        return False
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> str:
+    if a.shape != b.shape:
+        return f"shapes {a.shape} vs {b.shape}"
+    with np.errstate(invalid="ignore"):
+        d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return f"{int(np.sum(~(a == b)))} voxels differ, max |diff| = {np.nanmax(d) if d.size else 0.0:.3g}"
+
+
+# -- harmonizer checks ---------------------------------------------------------
+
+
+def check_meta(harmonizer: Harmonizer) -> None:
+    """``meta`` is a `harmbench.api.Meta` with a name, version and citation."""
+    check, who = "check_meta", _who(harmonizer)
+    meta = getattr(type(harmonizer), "meta", None)
+    if not isinstance(meta, Meta):
+        _fail(check, who, f"class attribute `meta` must be a harmbench.api.Meta, got {type(meta).__name__}")
+    for attr in ("name", "version", "citation"):
+        value = getattr(meta, attr)
+        if not isinstance(value, str) or not value.strip():
+            _fail(check, who, f"meta.{attr} must be a non-empty string, got {value!r}")
+    for attr in ("uses_reference", "needs_source_sites", "handles_unseen_sites", "transductive"):
+        if not isinstance(getattr(meta, attr), bool):
+            _fail(check, who, f"meta.{attr} must be a bool, got {getattr(meta, attr)!r}")
+
+
+def check_get_params(harmonizer: Harmonizer) -> None:
+    """``type(h)(**h.get_params())`` works and has equal params (``__init__`` only stores)."""
+    check, who = "check_get_params", _who(harmonizer)
+    with _reraise_as(check, who, "get_params()"):
+        params = harmonizer.get_params()
+    with _reraise_as(check, who, f"{type(harmonizer).__name__}(**get_params()) with {params!r}"):
+        other = clone(harmonizer)
+    with _reraise_as(check, who, "get_params() on the clone"):
+        again = other.get_params()
+    if set(params) != set(again):
+        _fail(check, who, f"clone has parameters {sorted(again)} instead of {sorted(params)}")
+    for key, value in params.items():
+        if not _params_equal(value, again[key]):
+            _fail(check, who, f"parameter {key!r} does not round-trip: {value!r} became {again[key]!r}")
+    if other.is_fitted:
+        _fail(check, who, "a freshly constructed instance already reports is_fitted")
+
+
+def check_not_fitted(harmonizer: Harmonizer, scan: Scan, reference: Scan | None = None) -> None:
+    """``transform`` before ``fit`` raises `harmbench.errors.NotFittedError`."""
+    check = "check_not_fitted"
+    h = clone(harmonizer)
+    who = _who(h)
+    try:
+        h.transform(scan, reference)
+    except NotFittedError:
+        return
+    except Exception as exc:
+        _fail(
+            check,
+            who,
+            f"transform() before fit() raised {type(exc).__name__}: {exc}; expected NotFittedError "
+            "(call self.check_is_fitted() first)",
+        )
+    _fail(check, who, "transform() before fit() returned instead of raising NotFittedError")
+
+
+def check_fit_returns_self(
+    harmonizer: Harmonizer, train: Cohort, target_site: str, reference: Scan | None = None, *, seed: int = 0
+) -> None:
+    """``fit`` returns the instance itself and marks it fitted."""
+    check = "check_fit_returns_self"
+    h = clone(harmonizer)
+    who = _who(h)
+    with _reraise_as(check, who, "fit()"):
+        returned = h.fit(train, target_site, reference, rng=np.random.default_rng(seed))
+    if returned is not h:
+        _fail(check, who, f"fit() returned {type(returned).__name__} instead of self")
+    if not h.is_fitted:
+        _fail(check, who, "after fit() is_fitted is False (set self.fitted_ = True)")
+
+
+def check_fit_does_not_change_params(
+    harmonizer: Harmonizer, train: Cohort, target_site: str, reference: Scan | None = None, *, seed: int = 0
+) -> None:
+    """``fit`` leaves the ``__init__`` parameters alone (learned values go in ``name_`` attributes)."""
+    check = "check_fit_does_not_change_params"
+    h = clone(harmonizer)
+    before = h.get_params()
+    _fit(h, train, target_site, reference, seed, check)
+    after = h.get_params()
+    for key, value in before.items():
+        if not _params_equal(value, after.get(key)):
+            _fail(check, _who(h), f"fit() changed parameter {key!r} from {value!r} to {after.get(key)!r}")
+
+
+def _check_output(check: str, who: str, scan: Scan, out: Scan) -> None:
+    name = scan.describe()
+    if out.data.shape != scan.data.shape:
+        _fail(check, who, f"output of {name} has shape {out.data.shape}, input {scan.data.shape}")
+    if out.data.dtype != np.float32:
+        _fail(check, who, f"output of {name} has dtype {out.data.dtype}, expected float32")
+    if not np.array_equal(out.affine, scan.affine):
+        _fail(check, who, f"output of {name} changed the affine")
+    if (out.mask is None) != (scan.mask is None) or (scan.mask is not None and not np.array_equal(out.mask, scan.mask)):
+        _fail(check, who, f"output of {name} changed the brain mask")
+    if (out.subject, out.site, out.session) != (scan.subject, scan.site, scan.session):
+        _fail(check, who, f"output of {name} changed subject/site/session to {out.key!r}")
+    n_bad = int(np.sum(~np.isfinite(out.data)))
+    if n_bad:
+        _fail(check, who, f"output of {name} has {n_bad} non-finite voxels")
+
+
+def check_transform_output(
+    harmonizer: Harmonizer,
+    train: Cohort,
+    target_site: str,
+    reference: Scan | None,
+    test_scans: Sequence[Scan],
+    *,
+    seed: int = 0,
+) -> None:
+    """Output keeps shape, affine, mask and identity; is finite float32; the input is not modified."""
+    check = "check_transform_output"
+    h = _fit(clone(harmonizer), train, target_site, reference, seed, check)
+    who = _who(h)
+    for scan in test_scans:
+        original = scan.data.copy()
+        out = _transform(h, scan, reference, check)
+        _check_output(check, who, scan, out)
+        if not np.array_equal(scan.data, original):
+            _fail(check, who, f"transform() modified its input {scan.describe()} in place")
+
+
+def check_deterministic(
+    harmonizer: Harmonizer,
+    train: Cohort,
+    target_site: str,
+    reference: Scan | None,
+    test_scans: Sequence[Scan],
+    *,
+    seed: int = 0,
+) -> None:
+    """Two fresh instances fitted with ``default_rng(seed)`` give identical output.
+
+    The global numpy random state is set to different values before each fit,
+    so a plugin that draws from it (instead of ``rng``) fails here.
+    """
+    check = "check_deterministic"
+    saved = np.random.get_state()
+    outputs: list[list[np.ndarray]] = []
+    try:
+        for global_seed in (12345, 54321):
+            np.random.seed(global_seed)  # perturbed on purpose: see the docstring
+            h = _fit(clone(harmonizer), train, target_site, reference, seed, check)
+            outputs.append([_transform(h, s, reference, check).data for s in test_scans])
+    finally:
+        np.random.set_state(saved)
+    for scan, a, b in zip(test_scans, outputs[0], outputs[1], strict=True):
+        if not np.array_equal(a, b):
+            _fail(check, _who(harmonizer), f"two fits with seed {seed} disagree on {scan.describe()}: {_diff(a, b)}")
+
+
+def check_save_load(
+    harmonizer: Harmonizer,
+    train: Cohort,
+    target_site: str,
+    reference: Scan | None,
+    test_scans: Sequence[Scan],
+    *,
+    seed: int = 0,
+    directory: str | Path | None = None,
+) -> None:
+    """``save`` then ``load`` into a fresh instance gives identical output (state round-trips)."""
+    check = "check_save_load"
+    h = _fit(clone(harmonizer), train, target_site, reference, seed, check)
+    who = _who(h)
+    expected = [_transform(h, s, reference, check).data for s in test_scans]
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        with _reraise_as(check, who, "save()"):
+            h.save(tmp)
+        fresh = clone(harmonizer)
+        with _reraise_as(check, who, "load() into a fresh instance"):
+            loaded = fresh.load(tmp)
+    if loaded is not fresh:
+        _fail(check, who, "load() did not return self")
+    if not fresh.is_fitted:
+        _fail(check, who, "after load() is_fitted is False")
+    for scan, a in zip(test_scans, expected, strict=True):
+        b = _transform(fresh, scan, reference, check).data
+        if not np.array_equal(a, b):
+            _fail(
+                check,
+                who,
+                f"after save/load the output for {scan.describe()} changed ({_diff(a, b)}): "
+                "get_state() must hold everything transform() uses",
+            )
+
+
+def check_uses_reference(
+    harmonizer: Harmonizer,
+    train: Cohort,
+    target_site: str,
+    reference: Scan | None,
+    test_scans: Sequence[Scan],
+    *,
+    seed: int = 0,
+) -> None:
+    """``meta.uses_reference=False`` → ``transform(scan, None)`` works (and gives valid output)."""
+    check = "check_uses_reference"
+    if harmonizer.meta.uses_reference:
+        return
+    h = _fit(clone(harmonizer), train, target_site, reference, seed, check)
+    for scan in test_scans:
+        _check_output(check, _who(h), scan, _transform(h, scan, None, check))
+
+
+def check_needs_source_sites(
+    harmonizer: Harmonizer,
+    train: Cohort,
+    target_site: str,
+    reference: Scan | None,
+    test_scans: Sequence[Scan],
+    *,
+    seed: int = 0,
+) -> None:
+    """``meta.needs_source_sites=False`` → fit on target-site scans only works (and then transform, if the
+    method handles unseen sites)."""
+    check = "check_needs_source_sites"
+    if harmonizer.meta.needs_source_sites:
+        return
+    target_only = train.filter(lambda s: s.site == target_site, name=f"{train.name}[{target_site} only]")
+    if len(target_only) == 0:
+        _fail(check, _who(harmonizer), f"the training cohort has no scan from target site {target_site!r}")
+    h = _fit(clone(harmonizer), target_only, target_site, reference, seed, check)
+    # Every source site is unseen by a target-only fit; a method that cannot
+    # harmonize unseen sites is only required to fit here.
+    if harmonizer.meta.handles_unseen_sites:
+        for scan in test_scans:
+            _check_output(check, _who(h), scan, _transform(h, scan, reference, check))
+
+
+def _unseen_scans(train: Cohort, test_scans: Sequence[Scan]) -> list[Scan]:
+    seen = set(train.sites)
+    unseen = [s for s in test_scans if s.site not in seen]
+    if unseen:
+        return unseen[:2]
+    # No unseen scan was supplied: invent a "scanner" with a different gain and offset.
+    base = test_scans[0]
+    data = base.data * np.float32(1.37) + np.where(base.brain, np.float32(0.05 * float(base.data.max())), 0)
+    fake = base.with_data(data.astype(np.float32))
+    return [dataclasses.replace(fake, site=_UNSEEN_SITE, source=f"{base.describe()} (rescaled as an unseen site)")]
+
+
+def check_handles_unseen_sites(
+    harmonizer: Harmonizer,
+    train: Cohort,
+    target_site: str,
+    reference: Scan | None,
+    test_scans: Sequence[Scan],
+    *,
+    seed: int = 0,
+) -> None:
+    """``meta.handles_unseen_sites=True`` → a scan from a site absent from ``train`` is harmonized (finite)."""
+    check = "check_handles_unseen_sites"
+    if not harmonizer.meta.handles_unseen_sites or not test_scans:
+        return
+    h = _fit(clone(harmonizer), train, target_site, reference, seed, check)
+    for scan in _unseen_scans(train, test_scans):
+        _check_output(check, _who(h), scan, _transform(h, scan, reference, check))
+
+
+def check_harmonizer(
+    harmonizer: Harmonizer,
+    train: Cohort,
+    target_site: str,
+    reference: Scan,
+    test_scans: Sequence[Scan],
+    *,
+    seed: int = 0,
+) -> None:
+    """Run every harmonizer check; the first failure raises ``AssertionError`` naming its check.
+
+    ``train`` is the (unpaired) training cohort including target-site scans,
+    ``reference`` the one-shot target-site scan, ``test_scans`` a few scans to
+    transform (ideally from seen and unseen source sites).
+    """
+    if not test_scans:
+        raise ValueError("check_harmonizer needs at least one test scan")
+    check_meta(harmonizer)
+    check_get_params(harmonizer)
+    check_not_fitted(harmonizer, test_scans[0], reference)
+    check_fit_returns_self(harmonizer, train, target_site, reference, seed=seed)
+    check_fit_does_not_change_params(harmonizer, train, target_site, reference, seed=seed)
+    common = (harmonizer, train, target_site, reference, test_scans)
+    checks: tuple[Callable[..., None], ...] = (
+        check_transform_output,
+        check_deterministic,
+        check_save_load,
+        check_uses_reference,
+        check_needs_source_sites,
+        check_handles_unseen_sites,
+    )
+    for check in checks:
+        check(*common, seed=seed)
+
+
+# -- evaluator checks ----------------------------------------------------------
+
+
+def check_evaluator(evaluator: Evaluator, cases: Sequence[EvalCase]) -> None:
+    """Declared metrics are valid; ``evaluate`` returns well-formed records covering every case.
+
+    Records must have exactly the keys ``subject, site, metric, value``, name
+    only declared metrics, and carry float values (NaN allowed). Every declared
+    metric appears once per case, or once with ``subject = site = "*"`` for
+    scenario-level metrics.
+    """
+    check = "check_evaluator"
+    who = f"evaluator {getattr(type(evaluator), 'name', type(evaluator).__name__)!r}"
+    name = getattr(type(evaluator), "name", None)
+    if not isinstance(name, str) or not name:
+        _fail(check, who, "class attribute `name` must be a non-empty string")
+    specs = getattr(type(evaluator), "metrics", None)
+    if not isinstance(specs, tuple) or not specs or not all(isinstance(s, MetricSpec) for s in specs):
+        _fail(check, who, "class attribute `metrics` must be a non-empty tuple of harmbench.api.MetricSpec")
+    declared = [s.name for s in specs]
+    if len(set(declared)) != len(declared):
+        _fail(check, who, f"duplicate metric names in {declared}")
+    with _reraise_as(check, who, "evaluate()"):
+        records = evaluator.evaluate(cases)
+    if not isinstance(records, list):
+        _fail(check, who, f"evaluate() returned {type(records).__name__}, expected a list of dicts")
+    seen: dict[tuple[str, str, str], int] = {}
+    for rec in records:
+        if not isinstance(rec, dict) or set(rec) != RECORD_KEYS:
+            keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+            _fail(check, who, f"record {rec!r} must have exactly the keys {sorted(RECORD_KEYS)}, got {keys}")
+        if rec["metric"] not in declared:
+            _fail(check, who, f"record names undeclared metric {rec['metric']!r} (declared: {declared})")
+        value = rec["value"]
+        if not isinstance(value, (float, np.floating)):
+            _fail(check, who, f"metric {rec['metric']!r} value {value!r} is a {type(value).__name__}, not a float")
+        key = (str(rec["subject"]), str(rec["site"]), rec["metric"])
+        seen[key] = seen.get(key, 0) + 1
+    expected: dict[tuple[str, str], int] = {}
+    for case in cases:
+        key2 = (case.input.subject, case.input.site)
+        expected[key2] = expected.get(key2, 0) + 1
+    for spec in specs:
+        if ("*", "*", spec.name) in seen:
+            continue
+        for case in cases:
+            n = seen.get((case.input.subject, case.input.site, spec.name), 0)
+            want = expected[(case.input.subject, case.input.site)]
+            if n != want:
+                _fail(
+                    check,
+                    who,
+                    f"metric {spec.name!r} reported {n} time(s) for {case.input.describe()} "
+                    f"(subject {case.input.subject!r}, site {case.input.site!r}); expected {want}",
+                )

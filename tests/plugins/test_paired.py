@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from harmbench_plugins.evaluators import paired
+from harmbench_plugins.evaluators.paired import PairedEvaluator, ssim_map
+
+from harmbench.api import EvalCase
+from harmbench.errors import DataError
+from harmbench.testing import check_evaluator
+
+
+def _pair(cohort):
+    subj = cohort.subjects[-1]
+    return cohort.find(subj, cohort.sites[1]), cohort.find(subj, cohort.sites[0])
+
+
+def _noisy(scan, sd, seed=0):
+    noise = np.random.default_rng(seed).normal(0.0, sd, scan.shape)
+    return scan.with_data(np.where(scan.brain, np.maximum(scan.data + noise, 0), 0))
+
+
+def test_perfect_prediction(tiny_cohort):
+    a, t = _pair(tiny_cohort)
+    values = PairedEvaluator().evaluate_scan(EvalCase(input=a, output=a.with_data(t.data), target=t))
+    assert values["psnr"] == math.inf
+    assert values["ssim"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_closer_prediction_scores_better(tiny_cohort):
+    a, t = _pair(tiny_cohort)
+    scale = float(np.percentile(t.brain_values(), 99))
+    ev = PairedEvaluator()
+    good = ev.evaluate_scan(EvalCase(input=a, output=_noisy(t, 0.02 * scale), target=t))
+    bad = ev.evaluate_scan(EvalCase(input=a, output=_noisy(t, 0.2 * scale), target=t))
+    assert 20 < good["psnr"] < 60 and bad["psnr"] < good["psnr"] - 10
+    assert 0 < bad["ssim"] < good["ssim"] < 1
+
+
+def test_psnr_follows_the_documented_convention(tiny_cohort):
+    # One voxel differing by 0.1 of the target's p99 inside a brain of n voxels: PSNR = 10 log10(n / 0.01).
+    _, t = _pair(tiny_cohort)
+    scale = float(np.percentile(t.brain_values(), 99))
+    data = t.data.copy()
+    idx = tuple(np.argwhere(t.brain & (t.data < 0.5 * scale))[0])
+    data[idx] += 0.1 * scale
+    values = PairedEvaluator().evaluate_scan(EvalCase(input=t, output=t.with_data(data), target=t))
+    n = int(t.brain.sum())
+    assert values["psnr"] == pytest.approx(10 * math.log10(n / 0.01), rel=1e-4)
+
+
+def test_invariant_to_a_common_rescaling(tiny_cohort):
+    a, t = _pair(tiny_cohort)
+    ev = PairedEvaluator()
+    base = ev.evaluate_scan(EvalCase(input=a, output=a, target=t))
+    scaled = ev.evaluate_scan(
+        EvalCase(input=a, output=a.with_data(a.data * 3), target=t.with_data(t.data * 3)),
+    )
+    assert scaled["psnr"] == pytest.approx(base["psnr"], rel=1e-5)
+    assert scaled["ssim"] == pytest.approx(base["ssim"], rel=1e-5)
+
+
+def test_ssim_map_matches_the_formula_on_constant_images():
+    x = np.full((9, 9, 9), 0.4)
+    y = np.full((9, 9, 9), 0.6)
+    c1 = 0.01**2
+    expected = (2 * 0.4 * 0.6 + c1) / (0.4**2 + 0.6**2 + c1)
+    np.testing.assert_allclose(ssim_map(x, y), expected, rtol=1e-10)
+
+
+def test_nan_without_target_and_error_on_shape_mismatch(tiny_cohort):
+    a, t = _pair(tiny_cohort)
+    ev = PairedEvaluator()
+    assert all(math.isnan(v) for v in ev.evaluate_scan(EvalCase(input=a, output=a, target=None)).values())
+    small = dataclasses.replace(t, data=t.data[:-1], mask=None, labels=None)
+    with pytest.raises(DataError, match="shape"):
+        ev.evaluate_scan(EvalCase(input=a, output=a, target=small))
+
+
+def test_conformance(tiny_cohort):
+    a, t = _pair(tiny_cohort)
+    check_evaluator(
+        PairedEvaluator(), [EvalCase(input=a, output=a, target=t), EvalCase(input=t, output=t, target=None)]
+    )
+
+
+def test_registered_and_declared():
+    assert paired.harmbench_register_evaluators() == [PairedEvaluator]
+    ev = PairedEvaluator()
+    assert [m.name for m in ev.metrics] == ["psnr", "ssim"]
+    assert ev.metric("psnr").unit == "dB" and ev.metric("ssim").ideal == 1.0
+    assert all(m.higher_is_better for m in ev.metrics)

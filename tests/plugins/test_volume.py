@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from harmbench_plugins.evaluators import volume
+from harmbench_plugins.evaluators._tissue import segment
+from harmbench_plugins.evaluators.volume import VolumeEvaluator, ravd
+
+from harmbench.api import EvalCase
+from harmbench.testing import check_evaluator
+
+MAIN = ("ravd_gm", "ravd_wm", "ravd_csf")
+
+
+def _scan(cohort, site_index=1):
+    return cohort.find(cohort.subjects[-1], cohort.sites[site_index])
+
+
+def test_identity_gives_zero(tiny_cohort):
+    scan = _scan(tiny_cohort)
+    values = VolumeEvaluator().evaluate_scan(EvalCase(input=scan, output=scan, target=None))
+    assert all(values[m] == 0.0 for m in MAIN)
+    assert all(math.isfinite(values[f"{m}_gt"]) for m in MAIN)
+
+
+def test_segmenter_ignores_an_increasing_affine_intensity_change(tiny_cohort):
+    scan = _scan(tiny_cohort)
+    rescaled = scan.with_data(np.where(scan.brain, 2.5 * scan.data + 40.0, 0.0))
+    values = VolumeEvaluator().evaluate_scan(EvalCase(input=scan, output=rescaled, target=None))
+    assert all(values[m] < 1.0 for m in MAIN), values
+
+
+def test_segmenter_finds_the_tissues(tiny_cohort):
+    scan = _scan(tiny_cohort, site_index=0)
+    seg = segment(scan.data, scan.brain)
+    assert set(np.unique(seg[scan.brain])) == {1, 2, 3}
+    assert not seg[~scan.brain].any()
+    agreement = float(np.mean(seg[scan.brain] == scan.labels[scan.brain]))
+    assert agreement > 0.5, agreement
+
+
+def test_erased_anatomy_is_penalised(tiny_cohort):
+    # A "harmonization" that paints white matter with the grey-matter intensity changes the anatomy.
+    scan = _scan(tiny_cohort)
+    data = scan.data.copy()
+    data[scan.labels == 3] = np.median(scan.data[scan.labels == 2])
+    values = VolumeEvaluator().evaluate_scan(EvalCase(input=scan, output=scan.with_data(data), target=None))
+    assert max(values[m] for m in MAIN) > 20.0, values
+
+
+def test_ground_truth_metrics(tiny_cohort):
+    scan = _scan(tiny_cohort)
+    ev = VolumeEvaluator()
+    out = scan.with_data(scan.data * 1.1)
+    values = ev.evaluate_scan(EvalCase(input=scan, output=out, target=None))
+    seg = segment(out.data, out.brain)
+    for label, name in ((1, "csf"), (2, "gm"), (3, "wm")):
+        expected = abs(int((seg == label).sum()) - int((scan.labels == label).sum())) / (scan.labels == label).sum()
+        assert values[f"ravd_{name}_gt"] == pytest.approx(100 * expected)
+    unlabelled = dataclasses.replace(scan, labels=None)
+    values = ev.evaluate_scan(EvalCase(input=unlabelled, output=unlabelled, target=None))
+    assert all(math.isnan(values[f"{m}_gt"]) for m in MAIN)
+    assert all(values[m] == 0.0 for m in MAIN)
+
+
+def test_ravd_definition():
+    assert ravd(110, 100) == pytest.approx(10.0)
+    assert ravd(90, 100) == pytest.approx(10.0)
+    assert math.isnan(ravd(5, 0))
+
+
+def test_conformance(tiny_cohort):
+    cases = [EvalCase(input=s, output=s, target=None) for s in tiny_cohort.scans[:2]]
+    check_evaluator(VolumeEvaluator(), cases)
+
+
+def test_registered_and_declared():
+    assert volume.harmbench_register_evaluators() == [VolumeEvaluator]
+    ev = VolumeEvaluator()
+    names = [m.name for m in ev.metrics]
+    assert sorted(names) == sorted([*MAIN, *(f"{m}_gt" for m in MAIN)])
+    assert all(ev.metric(m).main for m in MAIN) and not any(ev.metric(f"{m}_gt").main for m in MAIN)
+    assert all(m.unit == "%" and m.ideal == 0.0 and m.higher_is_better is False for m in ev.metrics)

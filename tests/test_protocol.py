@@ -1,0 +1,63 @@
+"""The protocol: unpaired training, traveling test subjects, scenarios, fixed reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from harmbench.errors import ConfigError, DataError
+from harmbench.protocol import SplitData, make_split
+
+
+def test_split_follows_the_protocol(tiny_cohort):
+    sites = tiny_cohort.sites
+    target, unseen = sites[0], sites[-2:]
+    split = make_split(tiny_cohort, target, unseen, n_test_subjects=2, seed=0)
+    data = SplitData(split, tiny_cohort)
+    # unpaired training: one scan per training subject, never at an unseen site, never a test subject
+    train_subjects = [s.subject for s in data.train]
+    assert len(train_subjects) == len(set(train_subjects)) == len(tiny_cohort.subjects) - 2
+    assert not set(train_subjects) & set(split.test_subjects)
+    assert not {s.site for s in data.train} & set(unseen)
+    # test subjects are seen at every site; scenarios cover the right sites
+    assert {s.site for s in data.scenario_scans("seen")} == set(sites[1:-2])
+    assert {s.site for s in data.scenario_scans("unseen")} == set(unseen)
+    for scan in data.scenario_scans("unseen"):
+        target_scan = data.paired_target(scan)
+        assert target_scan.subject == scan.subject and target_scan.site == target
+    assert data.reference.site == target and data.reference in data.train.scans
+    assert split.scenarios() == ["seen", "unseen"]
+
+
+def test_split_is_deterministic_for_a_seed(tiny_cohort):
+    sites = tiny_cohort.sites
+    a = make_split(tiny_cohort, sites[0], sites[-2:], n_test_subjects=2, seed=1)
+    b = make_split(tiny_cohort, sites[0], sites[-2:], n_test_subjects=2, seed=1)
+    assert a == b
+    assert a.to_dict() == type(a).from_dict(a.to_dict()).to_dict()
+
+
+def test_unknown_sites_are_named(tiny_cohort):
+    with pytest.raises(ConfigError, match="nowhere"):
+        make_split(tiny_cohort, "nowhere")
+    with pytest.raises(ConfigError, match="both the target and an unseen"):
+        make_split(tiny_cohort, tiny_cohort.sites[0], [tiny_cohort.sites[0]])
+
+
+def test_seen_site_without_training_scan_is_refused(tiny_cohort):
+    with pytest.raises(DataError, match="no training scan"):
+        make_split(tiny_cohort, tiny_cohort.sites[0], n_test_subjects=5, seed=0)
+
+
+def test_own_dataset_with_traveling_subjects(tiny_cohort):
+    """Non-traveling training subjects + a few traveling subjects: the travelers become the test set."""
+    from harmbench.data.scan import Cohort
+
+    sites = tiny_cohort.sites[:3]
+    travelers = tiny_cohort.subjects[:2]
+    scans = [s for s in tiny_cohort if s.site in sites and (s.subject in travelers)]
+    # everybody else is scanned at one site only
+    for i, subject in enumerate(tiny_cohort.subjects[2:]):
+        scans.append(tiny_cohort.find(subject, sites[i % 3]))
+    cohort = Cohort(scans, name="mine")
+    split = make_split(cohort, sites[0])
+    assert set(split.test_subjects) == set(travelers)
