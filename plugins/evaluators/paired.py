@@ -16,7 +16,8 @@ few bright voxels from deciding the scale.
 Region: the union of the prediction's and the target's brain masks, so that
 missing or invented brain at the boundary counts.
 
-- ``psnr = 10 log10(L² / MSE)`` over the region, in dB (``inf`` for a perfect prediction).
+- ``psnr = 10 log10(L² / MSE)`` over the region, in dB
+  (capped at ``PSNR_MAX_DB`` = 100 dB so that a perfect prediction still counts in a mean).
 - ``ssim``: the Wang et al. (2004) index with a 3-D Gaussian window (σ = 1.5
   voxels, truncated at 3.5 σ, population statistics), ``K1 = 0.01``,
   ``K2 = 0.03``, computed over the whole volume and averaged over the region.
@@ -43,17 +44,21 @@ TRUNCATE = 3.5
 K1, K2 = 0.01, 0.03
 
 
+#: PSNR of identical images; an infinite value would drop out of (or poison) every mean.
+PSNR_MAX_DB = 100.0
+
+
 def normalise(data: np.ndarray, scale: float) -> np.ndarray:
     """``data / scale`` clipped to ``[0, 1]`` (float64)."""
     return np.clip(np.asarray(data, dtype=np.float64) / scale, 0.0, 1.0)
 
 
 def psnr(x: np.ndarray, y: np.ndarray, region: np.ndarray, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio over ``region`` in dB; ``inf`` when the images agree there."""
+    """Peak signal-to-noise ratio over ``region`` in dB, at most ``PSNR_MAX_DB`` (identical images)."""
     mse = float(np.mean((x[region] - y[region]) ** 2))
     if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(data_range**2 / mse)
+        return PSNR_MAX_DB
+    return min(PSNR_MAX_DB, 10.0 * math.log10(data_range**2 / mse))
 
 
 def ssim_map(x: np.ndarray, y: np.ndarray, data_range: float = 1.0, sigma: float = SIGMA) -> np.ndarray:

@@ -27,7 +27,7 @@ def test_conformance(tiny_cohort):
 
 
 def test_output_equals_input_and_is_a_copy(tiny_cohort):
-    train, target, reference, tests = _split(tiny_cohort)
+    train, target, _, tests = _split(tiny_cohort)
     h = IdentityHarmonizer().fit(train, target)
     scan = tests[0]
     out = h.transform(scan)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 from harmbench_plugins.evaluators import paired
-from harmbench_plugins.evaluators.paired import PairedEvaluator, ssim_map
+from harmbench_plugins.evaluators.paired import PSNR_MAX_DB, PairedEvaluator, ssim_map
 
 from harmbench.api import EvalCase
 from harmbench.errors import DataError
@@ -26,7 +26,7 @@ def _noisy(scan, sd, seed=0):
 def test_perfect_prediction(tiny_cohort):
     a, t = _pair(tiny_cohort)
     values = PairedEvaluator().evaluate_scan(EvalCase(input=a, output=a.with_data(t.data), target=t))
-    assert values["psnr"] == math.inf
+    assert values["psnr"] == PSNR_MAX_DB
     assert values["ssim"] == pytest.approx(1.0, abs=1e-12)
 
 
