@@ -44,7 +44,9 @@ class Meta:
     ``needs_source_sites``: trains on source-site scans (False for target-only
     methods). ``handles_unseen_sites``: can harmonize scans from sites absent
     from training; when False the ``unseen`` scenario is ``not_applicable``.
-    ``transductive``: looks at the test scans of a site to harmonize them.
+    ``transductive``: looks at the test scans of a site to harmonize them; the
+    runner then calls ``adapt`` with all of a site's test scans before
+    transforming any of them.
     ``devices``: the torch device kinds it can run on.
     """
 
@@ -119,6 +121,11 @@ class Harmonizer(_Parametrised, ABC):
     @abstractmethod
     def transform(self, scan: Scan, reference: Scan | None = None) -> Scan:
         """Harmonize one scan to the target site."""
+
+    def adapt(self, scans: Sequence[Scan]) -> Harmonizer:
+        """Transductive step (only for ``meta.transductive``): see every test scan of one site
+        before transforming them, e.g. to estimate a new site's effect. Default: nothing; returns self."""
+        return self
 
     @abstractmethod
     def get_state(self) -> dict[str, np.ndarray]:

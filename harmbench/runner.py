@@ -33,7 +33,7 @@ import nibabel as nib
 import numpy as np
 
 import harmbench
-from harmbench.api import EvalCase, Evaluator, Harmonizer, params_hash
+from harmbench.api import EvalCase, Evaluator, Harmonizer, Meta, params_hash
 from harmbench.data.io import LocalDataset, validate_cohort
 from harmbench.data.scan import Cohort, Scan
 from harmbench.errors import ConfigError, HarmbenchError, PluginError
@@ -87,6 +87,13 @@ def _reason(exc: BaseException) -> str:
 
 def _direction(higher_is_better: bool | None) -> str:
     return {True: "higher", False: "lower", None: "ideal"}[higher_is_better]
+
+
+def not_applicable_reason(meta: Meta, scenario: str) -> str | None:
+    """Why a harmonizer with this ``meta`` cannot run ``scenario`` (None when it can)."""
+    if scenario == "unseen" and not meta.handles_unseen_sites:
+        return "cannot harmonize sites absent from training (meta: handles_unseen_sites=False)"
+    return None
 
 
 def check_output(name: str, given: Scan, output: Any) -> Scan:
@@ -259,7 +266,7 @@ class Runner:
             "main": bool(spec.main),
         }
 
-    def _status_cell(self, cell: Cell, status: str, reason: str, device: str, started: str) -> int:
+    def _status_cell(self, cell: Cell, status: str, reason: str, device: str, started: str) -> None:
         e_cls = self.evaluator_classes[cell.evaluator.label]
         base = self._base_record(cell, device)
         finished = _now()
@@ -278,7 +285,6 @@ class Runner:
             for spec in e_cls.metrics
         ]
         self.store.write_cell(cell.cell_id, records)
-        return 1 if status == "failed" else 0
 
     def _keep_traceback(self, name: str, exc: BaseException) -> None:
         path = self.out_dir / "errors" / f"{name}.txt"
@@ -323,7 +329,12 @@ class Runner:
         self, component: Component, harmonizer: Harmonizer, scans: Sequence[Scan], reference: Scan, scenario: str
     ) -> tuple[list[Scan], list[float]]:
         outputs, times = [], []
-        uses_reference = self.harmonizer_classes[component.label].meta.uses_reference
+        meta = self.harmonizer_classes[component.label].meta
+        uses_reference = meta.uses_reference
+        if meta.transductive:
+            with time_limit(self.suite.cell_timeout_s, f"adapt of {component.label} to {scenario} sites"):
+                for site in dict.fromkeys(s.site for s in scans):
+                    harmonizer.adapt([s for s in scans if s.site == site])
         bar = progress_bar(scans, desc=f"{component.label} [{scenario}]", unit="scan")
         with time_limit(self.suite.cell_timeout_s, f"transform of {scenario} scans by {component.label}"):
             for scan in bar:
@@ -358,7 +369,7 @@ class Runner:
             self._evaluators[component.label] = evaluator
         return self._evaluators[component.label]
 
-    def _evaluate_cell(self, cell: Cell, cases: list[EvalCase], data: SplitData, device: str, started: str) -> int:
+    def _evaluate_cell(self, cell: Cell, cases: list[EvalCase], data: SplitData, device: str, started: str) -> None:
         e_cls = self.evaluator_classes[cell.evaluator.label]
         declared = {m.name for m in e_cls.metrics}
         try:
@@ -372,7 +383,8 @@ class Runner:
                     )
         except Exception as exc:  # isolation: the reason goes into the results, the traceback under errors/
             self._keep_traceback(cell.cell_id, exc)
-            return self._status_cell(cell, "failed", _reason(exc), device, started)
+            self._status_cell(cell, "failed", _reason(exc), device, started)
+            return
         base = self._base_record(cell, device)
         finished = _now()
         rows = [
@@ -390,7 +402,6 @@ class Runner:
             for r in records
         ]
         self.store.write_cell(cell.cell_id, rows)
-        return 0
 
     def _run_harmonizer(self, component: Component, cells: list[Cell], data_fn: Any, report: RunReport) -> None:
         h_cls = self.harmonizer_classes[component.label]
@@ -398,19 +409,16 @@ class Runner:
         started = _now()
         runnable = []
         for cell in cells:
-            if cell.scenario == "unseen" and not h_cls.meta.handles_unseen_sites:
-                self._status_cell(
-                    cell, "not_applicable", "cannot harmonize sites absent from training (meta)", device, started
-                )
-                report.cells_computed += 1
-            else:
+            reason = not_applicable_reason(h_cls.meta, cell.scenario)
+            if reason is None:
                 runnable.append(cell)
+            elif not self.store.has(cell.cell_id):
+                self._status_cell(cell, "not_applicable", reason, device, started)
+                report.cells_computed += 1
         scenarios_needing_images = set()
         if self.save_images:
             data = data_fn()
-            for scenario in {c.scenario for c in cells}:
-                if scenario == "unseen" and not h_cls.meta.handles_unseen_sites:
-                    continue
+            for scenario in {c.scenario for c in runnable}:
                 if any(
                     not self._image_path(scenario, component.label, s).exists() for s in data.scenario_scans(scenario)
                 ):
@@ -425,7 +433,7 @@ class Runner:
             self._keep_traceback(f"fit--{component.label}", exc)
             report.failures.append(f"{component.label}: fit failed: {_reason(exc)}")
             for cell in missing:
-                report.cells_failed += self._status_cell(cell, "failed", f"fit: {_reason(exc)}", device, started)
+                self._status_cell(cell, "failed", f"fit: {_reason(exc)}", device, started)
                 report.cells_computed += 1
             return
         for scenario in SCENARIOS:
@@ -439,9 +447,7 @@ class Runner:
                 self._keep_traceback(f"transform--{scenario}--{component.label}", exc)
                 report.failures.append(f"{component.label} [{scenario}]: {_reason(exc)}")
                 for cell in todo:
-                    report.cells_failed += self._status_cell(
-                        cell, "failed", f"transform: {_reason(exc)}", device, started
-                    )
+                    self._status_cell(cell, "failed", f"transform: {_reason(exc)}", device, started)
                     report.cells_computed += 1
                 continue
             if self.save_images:
@@ -457,7 +463,7 @@ class Runner:
                 for scan, out, t in zip(scans, outputs, times, strict=True)
             ]
             for cell in todo:
-                report.cells_failed += self._evaluate_cell(cell, cases, data, device, started)
+                self._evaluate_cell(cell, cases, data, device, started)
                 report.cells_computed += 1
 
     def _forget_failed(self, cells: Sequence[Cell]) -> None:

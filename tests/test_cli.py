@@ -194,3 +194,23 @@ def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, thirdparty_site):
         assert (killed / name).read_bytes() == (full / name).read_bytes()
     # the cells finished before the kill were kept, not recomputed
     assert done_before <= {p.name for p in (killed / "cells").glob("*.parquet")}
+
+
+def test_synth_writes_a_bids_folder_that_runs_as_a_users_dataset(tmp_path, capsys):
+    """`harmbench data synth` output is read back as real data: sites, traveling subjects, labels and all."""
+    from harmbench.data.io import load_bids
+    from harmbench.data.sim import simulate_cohort
+
+    bids = tmp_path / "bids"
+    assert main(["data", "synth", str(bids), "--subjects", "8", "--seed", "3"]) == 0
+    assert "48 scans" in capsys.readouterr().out
+    loaded = load_bids(bids, progress=False)
+    simulated = simulate_cohort("quick", 3, n_subjects=8)
+    assert [s.key for s in sorted(loaded, key=lambda s: s.key)] == sorted(s.key for s in simulated)
+    first = simulated.scans[0]
+    np.testing.assert_array_equal(loaded.find(first.subject, first.site).data, first.data)
+    out = tmp_path / "out"
+    args = ["--quiet", "run", "--dataset", str(bids), "--target-site", first.site, "--out", str(out)]
+    assert main([*args, "--unseen-sites", "ge-1.5t-spgr", "--harmonizers", "identity,histogram"]) == 0
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert set(board["scenario"]) == {"seen", "unseen"} and set(board["status"]) == {"ok"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -88,10 +90,36 @@ class CountingFits(_Base):
         return self
 
 
+class Hangs(_Base):
+    meta = Meta(name="hangs", version="0", citation="-")
+
+    def transform(self, scan, reference=None):
+        import time
+
+        time.sleep(60)
+        return scan
+
+
+class Transductive(_Base):
+    """Records what ``adapt`` saw; refuses to transform a site it was not adapted to."""
+
+    meta = Meta(name="transductive", version="0", citation="-", transductive=True)
+    adapted: ClassVar[list] = []
+
+    def adapt(self, scans):
+        type(self).adapted.append(sorted(s.key for s in scans))
+        self.sites_ = {*getattr(self, "sites_", set()), *(s.site for s in scans)}
+        return self
+
+    def transform(self, scan, reference=None):
+        assert scan.site in self.sites_, f"transform of {scan.key} before adapt"
+        return scan
+
+
 class TestPlugin:
     @hookimpl
     def harmbench_register_harmonizers(self):
-        return [Raises, ReturnsNaN, WrongShape, FitFails, SeenOnly, CountingFits]
+        return [Raises, ReturnsNaN, WrongShape, FitFails, SeenOnly, CountingFits, Hangs, Transductive]
 
 
 @pytest.fixture
@@ -149,6 +177,7 @@ def test_meta_capability_gives_not_applicable(tmp_path, registry):
     assert by_scenario["seen"] == {"ok"} and by_scenario["unseen"] == {"not_applicable"}
     assert results.loc[results.status == "not_applicable", "value"].isna().all()
     assert "n/a" in (tmp_path / "leaderboard.md").read_text()
+    assert Runner(suite, tmp_path, registry=registry, progress=False).run().cells_computed == 0
 
 
 def test_models_are_cached_and_missing_cells_rerun_only(tmp_path, registry):
@@ -182,3 +211,33 @@ def test_retry_failed_recomputes_failed_cells(tmp_path, registry):
     Runner(suite, tmp_path, registry=registry, progress=False).run()
     assert Runner(suite, tmp_path, registry=registry, progress=False).run().cells_computed == 0
     assert Runner(suite, tmp_path, registry=registry, progress=False, retry_failed=True).run().cells_computed == 2
+
+
+def test_hanging_plugin_times_out_and_fails_its_cells(tmp_path, registry):
+    suite = tiny_suite(harmonizers=("identity", "hangs"), evaluators=("wasserstein",), cell_timeout_s=1.0)
+    results = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    status = results.groupby("harmonizer")["status"].agg(set)
+    assert status["identity"] == {"ok"} and status["hangs"] == {"failed"}
+    assert results.loc[results.harmonizer == "hangs", "error"].str.contains("longer than 1 s").all()
+
+
+def test_transductive_harmonizer_is_adapted_per_site_with_all_its_test_scans(tmp_path, registry):
+    Transductive.adapted = []
+    suite = tiny_suite(harmonizers=("transductive",), evaluators=("wasserstein",))
+    report = Runner(suite, tmp_path, registry=registry, progress=False).run()
+    results = pd.read_parquet(report.results_path)
+    assert set(results["status"]) == {"ok"} and results["transductive"].all()
+    n_test = len(report.split.test_subjects)
+    sources = [s for s in report.split.seen_sites if s != report.split.target_site] + list(report.split.unseen_sites)
+    assert len(Transductive.adapted) == len(sources)
+    assert all(len(keys) == n_test for keys in Transductive.adapted)
+    assert "†" in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_histogram_and_ssimh_beat_identity_on_seen_sites(tmp_path):
+    """The issue's acceptance criterion on tiny data: lower nwd_tp and higher psnr than identity."""
+    results = pd.read_parquet(Runner(tiny_suite(), tmp_path, progress=False).run().results_path)
+    seen = results[results.scenario == "seen"].groupby(["metric", "harmonizer"])["value"].mean()
+    for method in ("histogram", "ssimh"):
+        assert seen["nwd_tp", method] < seen["nwd_tp", "identity"]
+        assert seen["psnr", method] > seen["psnr", "identity"]
