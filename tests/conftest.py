@@ -6,11 +6,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
-from harmbench.data.scan import Cohort
+from harmbench.data.scan import Cohort, Scan
 from harmbench.data.sim import simulate_cohort
+from harmbench.protocol import SplitData, make_split
 from harmbench.suite import Component, Suite
 
 #: Small enough that a whole suite runs in seconds: 8 mm voxels, 8 subjects at every default site.
@@ -21,6 +23,21 @@ TINY_DATASET = {"profile": "quick", "n_subjects": 8, "voxel_mm": 8}
 def tiny_cohort() -> Cohort:
     """Six subjects, each at every simulated site, 8 mm voxels."""
     return simulate_cohort("quick", seed=0, n_subjects=6, voxel_mm=8)
+
+
+class TinySplit(NamedTuple):
+    train: Cohort
+    target: str
+    reference: Scan
+    tests: list[Scan]
+
+
+@pytest.fixture(scope="session")
+def tiny_split(tiny_cohort: Cohort) -> TinySplit:
+    """The protocol applied to `tiny_cohort`: unpaired training scans, the reference, seen-site test scans."""
+    sites = tiny_cohort.sites
+    data = SplitData(make_split(tiny_cohort, sites[0], sites[-2:], n_test_subjects=2, seed=0), tiny_cohort)
+    return TinySplit(data.train, data.target_site, data.reference, data.scenario_scans("seen"))
 
 
 def tiny_suite(harmonizers=("identity", "histogram", "ssimh"), evaluators=("wasserstein", "paired", "volume"), **kw):

@@ -11,47 +11,36 @@ from harmbench.errors import ConfigError, DataError
 from harmbench.testing import check_harmonizer
 
 
-def _split(cohort: Cohort):
-    sites, subjects = cohort.sites, cohort.subjects
-    target = sites[0]
-    half = len(subjects) // 2
-    # Unpaired training: each subject at one site; two of them at the target site.
-    train_scans = [cohort.find(s, sites[i % len(sites)]) for i, s in enumerate(subjects[:half])]
-    train_scans.append(cohort.find(subjects[1], target))
-    train = Cohort(train_scans, name="train")
-    reference = cohort.find(subjects[0], target)
-    tests = [cohort.find(s, site) for s in subjects[half:] for site in sites[1:3]]
-    return train, target, reference, tests
-
-
 @pytest.mark.parametrize("standard", ["reference", "site"])
-def test_conformance(tiny_cohort, standard):
-    train, target, reference, tests = _split(tiny_cohort)
+def test_conformance(tiny_split, standard):
+    train, target, reference, tests = tiny_split
     check_harmonizer(HistogramHarmonizer(standard=standard), train, target, reference, tests)
 
 
-def test_invalid_standard_names_the_parameter(tiny_cohort):
-    train, target, reference, _ = _split(tiny_cohort)
+def test_invalid_standard_names_the_parameter(tiny_split):
+    train, target, reference, _ = tiny_split
     with pytest.raises(ConfigError, match="standard"):
         HistogramHarmonizer(standard="mean").fit(train, target, reference)
 
 
-def test_reference_standard_needs_a_reference(tiny_cohort):
-    train, target, _, _ = _split(tiny_cohort)
+def test_reference_standard_needs_a_reference(tiny_split):
+    train, target, _, _ = tiny_split
     with pytest.raises(DataError, match="reference"):
         HistogramHarmonizer().fit(train, target, None)
 
 
 def test_site_standard_is_mean_of_target_site_landmarks(tiny_cohort):
-    train, target, reference, _ = _split(tiny_cohort)
+    target, other = tiny_cohort.sites[:2]
+    train = Cohort(tiny_cohort.by_site(target)[:2] + tiny_cohort.by_site(other)[2:3], name="train")
+    reference = train[0]
     h = HistogramHarmonizer(standard="site").fit(train, target, reference)
     expected = np.mean([landmarks(s) for s in train.by_site(target)], axis=0)
     np.testing.assert_allclose(h.get_state()["standard_landmarks"], expected)
     assert len(train.by_site(target)) == 2
 
 
-def test_output_landmarks_match_the_standard(tiny_cohort):
-    train, target, reference, tests = _split(tiny_cohort)
+def test_output_landmarks_match_the_standard(tiny_split):
+    train, target, reference, tests = tiny_split
     h = HistogramHarmonizer().fit(train, target, reference)
     out = h.transform(tests[0], reference)
     std = landmarks(reference)
@@ -60,8 +49,8 @@ def test_output_landmarks_match_the_standard(tiny_cohort):
     np.testing.assert_array_equal(out.data[~tests[0].brain], tests[0].data[~tests[0].brain])
 
 
-def test_lowers_w1_to_the_target_versus_identity(tiny_cohort):
-    train, target, reference, tests = _split(tiny_cohort)
+def test_lowers_w1_to_the_target_versus_identity(tiny_split, tiny_cohort):
+    train, target, reference, tests = tiny_split
     h = HistogramHarmonizer().fit(train, target, reference)
     for scan in tests:
         truth = tiny_cohort.find(scan.subject, target)

@@ -7,27 +7,16 @@ import pytest
 from harmbench_plugins.harmonizers import identity
 from harmbench_plugins.harmonizers.identity import IdentityHarmonizer
 
-from harmbench.data.scan import Cohort
 from harmbench.testing import check_harmonizer
 
 
-def _split(cohort: Cohort):
-    sites, subjects = cohort.sites, cohort.subjects
-    target = sites[0]
-    half = len(subjects) // 2
-    train = Cohort([cohort.find(s, sites[i % len(sites)]) for i, s in enumerate(subjects[:half])], name="train")
-    reference = cohort.find(subjects[0], target)
-    tests = [cohort.find(s, site) for s in subjects[half:] for site in sites[1:3]]
-    return train, target, reference, tests
-
-
-def test_conformance(tiny_cohort):
-    train, target, reference, tests = _split(tiny_cohort)
+def test_conformance(tiny_split):
+    train, target, reference, tests = tiny_split
     check_harmonizer(IdentityHarmonizer(), train, target, reference, tests)
 
 
-def test_output_equals_input_and_is_a_copy(tiny_cohort):
-    train, target, _, tests = _split(tiny_cohort)
+def test_output_equals_input_and_is_a_copy(tiny_split):
+    train, target, _, tests = tiny_split
     h = IdentityHarmonizer().fit(train, target)
     scan = tests[0]
     out = h.transform(scan)

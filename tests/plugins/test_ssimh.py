@@ -8,23 +8,12 @@ from harmbench_plugins.harmonizers import ssimh
 from harmbench_plugins.harmonizers.ssimh import SSIMHHarmonizer
 from scipy.fft import dctn
 
-from harmbench.data.scan import Cohort
 from harmbench.errors import ConfigError, DataError
 from harmbench.testing import check_harmonizer
 
 
-def _split(cohort: Cohort):
-    sites, subjects = cohort.sites, cohort.subjects
-    target = sites[0]
-    half = len(subjects) // 2
-    train = Cohort([cohort.find(s, sites[i % len(sites)]) for i, s in enumerate(subjects[:half])], name="train")
-    reference = cohort.find(subjects[0], target)
-    tests = [cohort.find(s, site) for s in subjects[half:] for site in sites[1:3]]
-    return train, target, reference, tests
-
-
-def test_conformance(tiny_cohort):
-    train, target, reference, tests = _split(tiny_cohort)
+def test_conformance(tiny_split):
+    train, target, reference, tests = tiny_split
     check_harmonizer(SSIMHHarmonizer(), train, target, reference, tests)
 
 
@@ -36,8 +25,8 @@ def _full_mask(scan, offset):
 
 
 @pytest.mark.parametrize(("axis", "block"), [(2, 3), (0, 2)])
-def test_copies_the_low_frequency_block_exactly(tiny_cohort, axis, block):
-    train, target, reference, tests = _split(tiny_cohort)
+def test_copies_the_low_frequency_block_exactly(tiny_split, axis, block):
+    train, target, reference, tests = tiny_split
     big = 4.0 * max(float(tests[0].data.max()), float(reference.data.max()))
     scan, ref = _full_mask(tests[0], offset=big), _full_mask(reference, offset=0.5 * big)
     out = SSIMHHarmonizer(axis=axis, block=block).fit(train, target, ref).transform(scan, ref)
@@ -54,16 +43,16 @@ def test_copies_the_low_frequency_block_exactly(tiny_cohort, axis, block):
     assert not np.allclose(s_in[:, :block, :block], s_ref[:, :block, :block], atol=tol)
 
 
-def test_background_kept_and_no_negatives(tiny_cohort):
-    train, target, reference, tests = _split(tiny_cohort)
+def test_background_kept_and_no_negatives(tiny_split):
+    train, target, reference, tests = tiny_split
     out = SSIMHHarmonizer().fit(train, target, reference).transform(tests[0], reference)
     brain = tests[0].brain
     np.testing.assert_array_equal(out.data[~brain], tests[0].data[~brain])
     assert out.data[brain].min() >= 0
 
 
-def test_needs_a_reference_of_the_same_shape(tiny_cohort):
-    train, target, reference, tests = _split(tiny_cohort)
+def test_needs_a_reference_of_the_same_shape(tiny_split):
+    train, target, reference, tests = tiny_split
     h = SSIMHHarmonizer().fit(train, target, reference)
     with pytest.raises(DataError, match="reference"):
         h.transform(tests[0], None)
@@ -74,8 +63,8 @@ def test_needs_a_reference_of_the_same_shape(tiny_cohort):
 
 
 @pytest.mark.parametrize("params", [{"block": 0}, {"axis": 3}, {"block": 2.5}])
-def test_invalid_params(tiny_cohort, params):
-    train, target, reference, _ = _split(tiny_cohort)
+def test_invalid_params(tiny_split, params):
+    train, target, reference, _ = tiny_split
     with pytest.raises(ConfigError, match=next(iter(params))):
         SSIMHHarmonizer(**params).fit(train, target, reference)
 
