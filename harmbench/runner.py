@@ -403,6 +403,16 @@ class Runner:
         ]
         self.store.write_cell(cell.cell_id, rows)
 
+    def _fail_cells(
+        self, cells: Sequence[Cell], name: str, stage: str, exc: Exception, device: str, started: str, report: RunReport
+    ) -> None:
+        """Mark ``cells`` failed at ``stage`` with the reason; keep the traceback as ``errors/<name>.txt``."""
+        self._keep_traceback(name, exc)
+        report.failures.append(f"{name}: {_reason(exc)}")
+        for cell in cells:
+            self._status_cell(cell, "failed", f"{stage}: {_reason(exc)}", device, started)
+            report.cells_computed += 1
+
     def _run_harmonizer(self, component: Component, cells: list[Cell], data_fn: Any, report: RunReport) -> None:
         h_cls = self.harmonizer_classes[component.label]
         device = self._device_for(h_cls)
@@ -430,11 +440,7 @@ class Runner:
         try:
             harmonizer, fit_s = self._fit(component, data, device)
         except Exception as exc:  # isolation: the reason goes into the results, the traceback under errors/
-            self._keep_traceback(f"fit--{component.label}", exc)
-            report.failures.append(f"{component.label}: fit failed: {_reason(exc)}")
-            for cell in missing:
-                self._status_cell(cell, "failed", f"fit: {_reason(exc)}", device, started)
-                report.cells_computed += 1
+            self._fail_cells(missing, f"fit--{component.label}", "fit", exc, device, started, report)
             return
         for scenario in SCENARIOS:
             todo = [c for c in missing if c.scenario == scenario]
@@ -444,11 +450,8 @@ class Runner:
             try:
                 outputs, times = self._transform_all(component, harmonizer, scans, data.reference, scenario)
             except Exception as exc:  # isolation: the reason goes into the results, the traceback under errors/
-                self._keep_traceback(f"transform--{scenario}--{component.label}", exc)
-                report.failures.append(f"{component.label} [{scenario}]: {_reason(exc)}")
-                for cell in todo:
-                    self._status_cell(cell, "failed", f"transform: {_reason(exc)}", device, started)
-                    report.cells_computed += 1
+                name = f"transform--{scenario}--{component.label}"
+                self._fail_cells(todo, name, "transform", exc, device, started, report)
                 continue
             if self.save_images:
                 self._save_images(scenario, component.label, outputs)
