@@ -220,11 +220,13 @@ def summarize(results: pd.DataFrame, *, seed: int = 0, n_boot: int = 1000) -> pd
             status = "not_applicable"
         else:
             status = "ok"
-        vals = grp.loc[grp["status"] == "ok", "value"].to_numpy(dtype=float)
-        # Sorted so the interval does not depend on the order the runner
-        # happened to write (or resume) rows in.
-        vals = np.sort(vals[np.isfinite(vals)])
-        rng = np.random.default_rng(_seed_for(seed, scenario, harmonizer, metric))
+        # Ordered by test scan and resampled with a generator that does not depend on the harmonizer: every
+        # harmonizer of a scenario draws the same test scans (a paired bootstrap), and the interval does not
+        # depend on the order the runner happened to write (or resume) rows in.
+        ok = grp[grp["status"] == "ok"].sort_values(["subject", "site"], kind="mergesort")
+        vals = ok["value"].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        rng = np.random.default_rng(_seed_for(seed, scenario, metric))
         low, high = _bootstrap_ci(vals, rng, n_boot)
         mean = float(vals.mean()) if vals.size else math.nan
         rows.append(

@@ -89,6 +89,15 @@ def _fit(h: Harmonizer, train: Cohort, target_site: str, reference: Scan | None,
     return h
 
 
+def _adapt(h: Harmonizer, scans: Sequence[Scan], check: str) -> Harmonizer:
+    """As the runner does for ``meta.transductive``: ``adapt`` to each site's scans before any transform."""
+    if h.meta.transductive:
+        for site in dict.fromkeys(s.site for s in scans):
+            with _reraise_as(check, _who(h), f"adapt() to the scans of site {site!r}"):
+                h.adapt([s for s in scans if s.site == site])
+    return h
+
+
 def _transform(h: Harmonizer, scan: Scan, reference: Scan | None, check: str) -> Scan:
     with _reraise_as(check, _who(h), f"transform({scan.describe()})"):
         out = h.transform(scan, reference)
@@ -228,7 +237,7 @@ def check_transform_output(
 ) -> None:
     """Output keeps shape, affine, mask and identity; is finite float32; the input is not modified."""
     check = "check_transform_output"
-    h = _fit(clone(harmonizer), train, target_site, reference, seed, check)
+    h = _adapt(_fit(clone(harmonizer), train, target_site, reference, seed, check), test_scans, check)
     who = _who(h)
     for scan in test_scans:
         original = scan.data.copy()
@@ -258,7 +267,7 @@ def check_deterministic(
     try:
         for global_seed in (12345, 54321):
             np.random.seed(global_seed)  # perturbed on purpose: see the docstring
-            h = _fit(clone(harmonizer), train, target_site, reference, seed, check)
+            h = _adapt(_fit(clone(harmonizer), train, target_site, reference, seed, check), test_scans, check)
             outputs.append([_transform(h, s, reference, check).data for s in test_scans])
     finally:
         np.random.set_state(saved)
@@ -279,7 +288,7 @@ def check_save_load(
 ) -> None:
     """``save`` then ``load`` into a fresh instance gives identical output (state round-trips)."""
     check = "check_save_load"
-    h = _fit(clone(harmonizer), train, target_site, reference, seed, check)
+    h = _adapt(_fit(clone(harmonizer), train, target_site, reference, seed, check), test_scans, check)
     who = _who(h)
     expected = [_transform(h, s, reference, check).data for s in test_scans]
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
@@ -292,6 +301,7 @@ def check_save_load(
         _fail(check, who, "load() did not return self")
     if not fresh.is_fitted:
         _fail(check, who, "after load() is_fitted is False")
+    _adapt(fresh, test_scans, check)
     for scan, a in zip(test_scans, expected, strict=True):
         b = _transform(fresh, scan, reference, check).data
         if not np.array_equal(a, b):
@@ -316,7 +326,7 @@ def check_uses_reference(
     check = "check_uses_reference"
     if harmonizer.meta.uses_reference:
         return
-    h = _fit(clone(harmonizer), train, target_site, reference, seed, check)
+    h = _adapt(_fit(clone(harmonizer), train, target_site, reference, seed, check), test_scans, check)
     for scan in test_scans:
         _check_output(check, _who(h), scan, _transform(h, scan, None, check))
 
@@ -338,7 +348,7 @@ def check_needs_source_sites(
     target_only = train.filter(lambda s: s.site == target_site, name=f"{train.name}[{target_site} only]")
     if len(target_only) == 0:
         _fail(check, _who(harmonizer), f"the training cohort has no scan from target site {target_site!r}")
-    h = _fit(clone(harmonizer), target_only, target_site, reference, seed, check)
+    h = _adapt(_fit(clone(harmonizer), target_only, target_site, reference, seed, check), test_scans, check)
     # Every source site is unseen by a target-only fit; a method that cannot
     # harmonize unseen sites is only required to fit here.
     if harmonizer.meta.handles_unseen_sites:
@@ -350,12 +360,23 @@ def _unseen_scans(train: Cohort, test_scans: Sequence[Scan]) -> list[Scan]:
     seen = set(train.sites)
     unseen = [s for s in test_scans if s.site not in seen]
     if unseen:
-        return unseen[:2]
-    # No unseen scan was supplied: invent a "scanner" with a different gain and offset.
-    base = test_scans[0]
-    data = base.data * np.float32(1.37) + np.where(base.brain, np.float32(0.05 * float(base.data.max())), 0)
-    fake = base.with_data(data.astype(np.float32))
-    return [dataclasses.replace(fake, site=_UNSEEN_SITE, source=f"{base.describe()} (rescaled as an unseen site)")]
+        return [s for s in unseen if s.site == unseen[0].site]  # all of one site, as the runner gives them
+    # No unseen scan was supplied: invent a "scanner" with a different gain and offset, applied to two scans
+    # of different subjects where possible (transductive methods estimate a site from several scans).
+    bases = list({s.subject: s for s in test_scans}.values())[:2]
+    fakes = []
+    for i, base in enumerate(bases if len(bases) == 2 else bases * 2):
+        offset = np.float32((0.05 + 0.01 * i) * float(base.data.max()))
+        data = base.data * np.float32(1.37) + np.where(base.brain, offset, np.float32(0))
+        fakes.append(
+            dataclasses.replace(
+                base.with_data(data.astype(np.float32)),
+                site=_UNSEEN_SITE,
+                subject=f"{base.subject}-{i}" if len(bases) < 2 else base.subject,
+                source=f"{base.describe()} (rescaled as an unseen site)",
+            )
+        )
+    return fakes
 
 
 def check_handles_unseen_sites(
@@ -372,7 +393,9 @@ def check_handles_unseen_sites(
     if not harmonizer.meta.handles_unseen_sites or not test_scans:
         return
     h = _fit(clone(harmonizer), train, target_site, reference, seed, check)
-    for scan in _unseen_scans(train, test_scans):
+    unseen = _unseen_scans(train, test_scans)
+    _adapt(h, unseen, check)
+    for scan in unseen:
         _check_output(check, _who(h), scan, _transform(h, scan, reference, check))
 
 

@@ -135,9 +135,9 @@ def test_unknown_harmonizer_keeps_earlier_results(tmp_path):
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     proc = run_cli("--quiet", "run", str(tmp_path / "tiny.toml"), "--out", str(out), "--harmonizers", "identty")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "harmbench: error: unknown harmonizer 'identty'; did you mean identity? (known: histogram, identity, ssimh)"
-    ]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("harmbench: error: unknown harmonizer 'identty'; did you mean identity? (known: ")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 

@@ -175,6 +175,16 @@ def test_ci_of_cell_independent_of_other_cells(results, summary):
     assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
 
 
+def test_identical_values_get_identical_intervals_across_harmonizers(results):
+    """The bootstrap is paired: every harmonizer of a scenario resamples the same test scans."""
+    copy = results[results.harmonizer == "histogram"].copy()
+    copy["harmonizer"] = "histogram-twin"
+    summary = summarize(pd.concat([results, copy], ignore_index=True))
+    a = _cell(summary, "seen", "histogram", "nwd_tp")
+    b = _cell(summary, "seen", "histogram-twin", "nwd_tp")
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+
+
 def test_values_rounded_to_six_significant_digits(results):
     df = results.copy()
     sel = (df.scenario == "seen") & (df.harmonizer == "none") & (df.metric == "psnr")

@@ -11,7 +11,7 @@ from harmbench.suite import load_suite
 def test_builtin_default_suite():
     suite = load_suite()
     assert suite.name == "default"
-    assert [c.label for c in suite.harmonizers] == ["identity", "histogram", "ssimh"]
+    assert [c.label for c in suite.harmonizers] == ["identity", "histogram", "ssimh", "combat", "combat-refit"]
     assert suite.dataset == "harmbench-sim" and suite.dataset_params == {"profile": "quick"}
 
 
