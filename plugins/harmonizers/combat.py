@@ -32,8 +32,9 @@ Numerics follow neuroHarmonize 2.5.2 (``harmonizationLearn`` / ``harmonizationAp
 scans × voxels matrix exists once, in float64 (neuroHarmonize itself holds several full-size copies:
 standardized data, a grand-mean matrix, a model-mean matrix and the adjusted data). The tests check
 equality with neuroHarmonize called directly to 1e-6. Two paths of neuroHarmonize 2.5.2 cannot be called
-directly: ``harmonizationApply`` / ``applyModelOne`` fail with an ``IndexError`` unless every trained
-site is in the batch (rpomponio/neuroHarmonize#50), and the ``orig_model`` path fails (a ``KeyError`` on
+directly: with ``ref_batch`` set, ``harmonizationApply`` raises ``IndexError`` / ``ValueError`` for a batch
+that lacks some trained site (reproduced here: a three-site model, a batch of one or two of its sites),
+so one scan cannot be harmonized on its own; and the ``orig_model`` path fails (a ``KeyError`` on
 ``ref_level`` in ``find_parametric_adjustments``, and misaligned shapes when the model has more than one
 trained site); both are implemented here with the same formulas.
 
