@@ -96,7 +96,7 @@ def test_equals_neuroharmonize_learn_and_apply(split, chunk_voxels):
     np.testing.assert_allclose(h.var_pooled_, model["var_pooled"][:, 0], rtol=1e-6)
     _assert_close(np.stack([h.transform(s).data[mask] for s in train]), adjusted)
 
-    # harmonizationApply needs every trained site in the batch (neuroHarmonize 2.5.2 with ref_batch): stack train + test rows
+    # with ref_batch, harmonizationApply needs every trained site in the batch: stack train + test rows
     T = stack_brain(test_seen, mask)
     applied = harmonizationApply(np.vstack([X, T]), _covars([*train, *test_seen]), model)[len(train) :]
     for scan, expected in zip(test_seen, applied, strict=True):
