@@ -1,6 +1,6 @@
 """Speed targets of the engine (run with `tox -e bench`, never in the unit tests).
 
-- the default suite (identity, histogram, ssimh) cold: under 3 minutes on 2 cores;
+- the default suite (every built-in harmonizer it lists) cold: under 3 minutes on 2 cores;
 - an unchanged re-run (everything cached): under 10 s.
 """
 
