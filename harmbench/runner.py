@@ -16,6 +16,7 @@ Guarantees (DESIGN §4):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -190,8 +191,10 @@ class Runner:
     def dataset_label(self) -> str:
         return self.suite.dataset
 
+    @functools.cached_property
     def context_id(self) -> str:
-        """Everything that decides the split and the data; part of every cache key."""
+        """Everything that decides the split and the data; part of every cache key (the fingerprint may
+        walk every file of a dataset on disk, so it is computed once)."""
         s = self.suite
         return _hash(
             "context",
@@ -209,7 +212,7 @@ class Runner:
         return self._cohort
 
     def resolve_split(self) -> Split:
-        path = self.out_dir / "cache" / "splits" / f"{self.context_id()}.json"
+        path = self.out_dir / "cache" / "splits" / f"{self.context_id}.json"
         if path.exists():
             return Split.from_dict(json.loads(path.read_text()))
         cohort = self.cohort()
@@ -224,7 +227,7 @@ class Runner:
         return split
 
     def plan(self, split: Split) -> list[Cell]:
-        context = self.context_id()
+        context = self.context_id
         cells = []
         for h in self.suite.harmonizers:
             h_cls = self.harmonizer_classes[h.label]
@@ -299,7 +302,7 @@ class Runner:
 
     def _fit(self, component: Component, data: SplitData, device: str) -> tuple[Harmonizer, float]:
         h_cls = self.harmonizer_classes[component.label]
-        model_key = _hash(self.context_id(), component.plugin, h_cls.meta.version, component.params, device)
+        model_key = _hash(self.context_id, component.plugin, h_cls.meta.version, component.params, device)
         model_dir = self.out_dir / "cache" / "models" / f"{component.label}-{model_key}"
         harmonizer: Harmonizer = self._instantiate(h_cls, component)
         if "device" in harmonizer._param_names():
@@ -363,7 +366,7 @@ class Runner:
                 self.out_dir
                 / "cache"
                 / "evaluators"
-                / f"{component.label}-{_hash(self.context_id(), e_cls.version, component.params)}"
+                / f"{component.label}-{_hash(self.context_id, e_cls.version, component.params)}"
             )
             evaluator.prepare(data.train, data.target_site, cache)
             self._evaluators[component.label] = evaluator
