@@ -17,6 +17,7 @@ from harmbench.api import (  # noqa: E402
     Meta,
     MetricSpec,
     PerScanEvaluator,
+    StatelessHarmonizer,
 )
 from harmbench.data.scan import Cohort, Scan  # noqa: E402
 from harmbench.errors import HarmbenchError  # noqa: E402
@@ -32,6 +33,7 @@ __all__ = [
     "MetricSpec",
     "PerScanEvaluator",
     "Scan",
+    "StatelessHarmonizer",
     "__version__",
     "hookimpl",
 ]

@@ -32,7 +32,9 @@ __all__ = [
     "Meta",
     "MetricSpec",
     "PerScanEvaluator",
+    "StatelessHarmonizer",
     "params_hash",
+    "transform_contract_violation",
 ]
 
 
@@ -65,6 +67,32 @@ def params_hash(params: Mapping[str, Any]) -> str:
     """Short stable hash of a parameter dict (JSON with sorted keys)."""
     blob = json.dumps(dict(params), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def transform_contract_violation(given: Scan, output: object) -> str | None:
+    """What ``output`` of ``transform(given)`` breaks in the contract, or None when it keeps it.
+
+    The one definition used by the runner (to fail a cell) and by `harmbench.testing` (to fail a check):
+    a `Scan` with the input's shape, affine, mask, subject/site/session, float32 and finite values.
+    """
+    if not isinstance(output, Scan):
+        return f"returned {type(output).__name__}, not a harmbench.Scan"
+    if output.data.shape != given.data.shape:
+        return f"returned shape {output.data.shape}, expected {given.data.shape}"
+    if output.data.dtype != np.float32:
+        return f"returned dtype {output.data.dtype}, expected float32"
+    if not np.array_equal(output.affine, given.affine):
+        return "changed the affine"
+    if (output.mask is None) != (given.mask is None) or (
+        given.mask is not None and not np.array_equal(output.mask, given.mask)
+    ):
+        return "changed the brain mask"
+    if (output.subject, output.site, output.session) != (given.subject, given.site, given.session):
+        return f"changed subject/site/session to {output.key!r}"
+    n_bad = int(np.count_nonzero(~np.isfinite(output.data)))
+    if n_bad:
+        return f"returned {n_bad} non-finite (NaN or infinite) voxels"
+    return None
 
 
 class _Parametrised:
@@ -174,6 +202,16 @@ class Harmonizer(_Parametrised, ABC):
 
     def params_hash(self) -> str:
         return params_hash(self.get_params())
+
+
+class StatelessHarmonizer(Harmonizer):
+    """A harmonizer that learns nothing it must keep (e.g. one-shot methods): empty fitted state."""
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> StatelessHarmonizer:
+        return self
 
 
 @dataclass(frozen=True)

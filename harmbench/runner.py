@@ -34,7 +34,7 @@ import nibabel as nib
 import numpy as np
 
 import harmbench
-from harmbench.api import EvalCase, Evaluator, Harmonizer, Meta, params_hash
+from harmbench.api import EvalCase, Evaluator, Harmonizer, Meta, params_hash, transform_contract_violation
 from harmbench.data.io import LocalDataset, validate_cohort
 from harmbench.data.scan import Cohort, Scan
 from harmbench.errors import ConfigError, HarmbenchError, PluginError
@@ -98,19 +98,10 @@ def not_applicable_reason(meta: Meta, scenario: str) -> str | None:
 
 
 def check_output(name: str, given: Scan, output: Any) -> Scan:
-    """Enforce the transform contract on a plugin's output (shape, affine, mask, finite)."""
-    if not isinstance(output, Scan):
-        raise PluginError(f"harmonizer {name!r} returned {type(output).__name__} for {given.key}, not a Scan")
-    if output.shape != given.shape:
-        raise PluginError(f"harmonizer {name!r} returned shape {output.shape} for {given.key}, expected {given.shape}")
-    if not np.allclose(output.affine, given.affine):
-        raise PluginError(f"harmonizer {name!r} changed the affine of {given.key}")
-    if (output.mask is None) != (given.mask is None) or (
-        given.mask is not None and not np.array_equal(output.mask, given.mask)
-    ):
-        raise PluginError(f"harmonizer {name!r} changed the brain mask of {given.key}")
-    if not np.all(np.isfinite(output.data)):
-        raise PluginError(f"harmonizer {name!r} returned NaN or infinite values for {given.key}")
+    """Enforce the transform contract on a plugin's output; a violation fails the plugin's cells."""
+    problem = transform_contract_violation(given, output)
+    if problem is not None:
+        raise PluginError(f"harmonizer {name!r} {problem} for {given.key}")
     return output
 
 

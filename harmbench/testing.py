@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from harmbench.api import EvalCase, Evaluator, Harmonizer, Meta, MetricSpec
+from harmbench.api import EvalCase, Evaluator, Harmonizer, Meta, MetricSpec, transform_contract_violation
 from harmbench.data.scan import Cohort, Scan
 from harmbench.errors import NotFittedError
 
@@ -210,20 +210,9 @@ def check_fit_does_not_change_params(
 
 
 def _check_output(check: str, who: str, scan: Scan, out: Scan) -> None:
-    name = scan.describe()
-    if out.data.shape != scan.data.shape:
-        _fail(check, who, f"output of {name} has shape {out.data.shape}, input {scan.data.shape}")
-    if out.data.dtype != np.float32:
-        _fail(check, who, f"output of {name} has dtype {out.data.dtype}, expected float32")
-    if not np.array_equal(out.affine, scan.affine):
-        _fail(check, who, f"output of {name} changed the affine")
-    if (out.mask is None) != (scan.mask is None) or (scan.mask is not None and not np.array_equal(out.mask, scan.mask)):
-        _fail(check, who, f"output of {name} changed the brain mask")
-    if (out.subject, out.site, out.session) != (scan.subject, scan.site, scan.session):
-        _fail(check, who, f"output of {name} changed subject/site/session to {out.key!r}")
-    n_bad = int(np.sum(~np.isfinite(out.data)))
-    if n_bad:
-        _fail(check, who, f"output of {name} has {n_bad} non-finite voxels")
+    problem = transform_contract_violation(scan, out)
+    if problem is not None:
+        _fail(check, who, f"output of {scan.describe()}: {problem}")
 
 
 def check_transform_output(

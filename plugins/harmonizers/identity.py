@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from harmbench import hookimpl
-from harmbench.api import Harmonizer, Meta
+from harmbench.api import Meta, StatelessHarmonizer
 from harmbench.data.scan import Cohort, Scan
 
 
-class IdentityHarmonizer(Harmonizer):
+class IdentityHarmonizer(StatelessHarmonizer):
     """No harmonization at all ("none" in papers' tables); stateless."""
 
     meta = Meta(
@@ -43,12 +41,6 @@ class IdentityHarmonizer(Harmonizer):
         self.check_is_fitted()
         # A copy, so that a caller writing into the output cannot corrupt the input.
         return scan.with_data(np.array(scan.data, dtype=np.float32, copy=True))
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def set_state(self, state: Mapping[str, np.ndarray]) -> IdentityHarmonizer:
-        return self
 
 
 @hookimpl

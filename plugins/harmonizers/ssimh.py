@@ -15,13 +15,11 @@ slice. The higher frequencies (anatomy, edges) stay the source's. No training.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 from scipy.fft import dctn, idctn
 
 from harmbench import hookimpl
-from harmbench.api import Harmonizer, Meta
+from harmbench.api import Meta, StatelessHarmonizer
 from harmbench.data.scan import Cohort, Scan
 from harmbench.errors import ConfigError, DataError
 
@@ -38,7 +36,7 @@ def swap_low_frequencies(source: np.ndarray, reference: np.ndarray, axis: int, b
     return np.moveaxis(out, 0, axis)
 
 
-class SSIMHHarmonizer(Harmonizer):
+class SSIMHHarmonizer(StatelessHarmonizer):
     """SSIMH (Guan et al., MLMI 2022): per-slice DCT, low-frequency block from the target reference.
 
     Parameters:
@@ -101,12 +99,6 @@ class SSIMHHarmonizer(Harmonizer):
         brain = scan.brain
         out = np.where(brain, np.maximum(harmonized, 0.0), scan.data).astype(np.float32)
         return scan.with_data(out)
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def set_state(self, state: Mapping[str, np.ndarray]) -> SSIMHHarmonizer:
-        return self
 
 
 @hookimpl
