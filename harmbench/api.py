@@ -221,8 +221,11 @@ class MetricSpec:
     ``higher_is_better``: True / False, or None for metrics where the best
     value is ``ideal`` itself and both directions away from it are worse
     (e.g. nWD(i,p), ideal 1). ``ideal`` is the value of a perfect
-    harmonization (``None`` if there is none); ``main`` metrics get a
-    leaderboard column.
+    harmonization (``None`` if there is none). A metric with neither a
+    direction nor an ideal is informational (a chance level, say): it is shown
+    but never ranked. ``main`` metrics get a leaderboard column.
+    ``device_dependent`` metrics (timings, memory) are only comparable on one
+    device, so the leaderboard gives each device its own column.
     """
 
     name: str
@@ -231,10 +234,11 @@ class MetricSpec:
     ideal: float | None = None
     main: bool = True
     description: str = ""
+    device_dependent: bool = False
 
-    def __post_init__(self) -> None:
-        if self.higher_is_better is None and self.ideal is None:
-            raise ValueError(f"metric {self.name!r}: a metric without a direction needs an ideal value")
+    @property
+    def ranked(self) -> bool:
+        return self.higher_is_better is not None or self.ideal is not None
 
 
 @dataclass(frozen=True)

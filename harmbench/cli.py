@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a suite (default: the built-in suite on the simulated cohort). Cells already on disk "
         "in --out are reused, so an interrupted run resumes where it stopped.",
     )
-    run.add_argument("suite", nargs="?", help="suite TOML file (default: the built-in 'default' suite)")
+    run.add_argument(
+        "suite", nargs="?", help="suite TOML file, or a built-in suite's name: default, throughput (default: default)"
+    )
     run.add_argument("--dataset", help="registered dataset name, or a BIDS-like folder / CSV manifest path")
     run.add_argument("--profile", choices=["quick", "standard", "full"], help="simulator profile (simulated data)")
     run.add_argument("--target-site", help="site every scan is harmonized to (default: the dataset's)")
@@ -49,11 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--harmonizers", help="comma-separated harmonizer names (replaces the suite's list)")
     run.add_argument("--evaluators", help="comma-separated evaluator names (replaces the suite's list)")
     run.add_argument("--device", help="torch device for methods that support it, e.g. cpu or cuda (default: cpu)")
-    run.add_argument("--out", type=Path, help="output folder (default: leaderboards/<suite name>)")
+    run.add_argument("-o", "--out", type=Path, help="output folder (default: leaderboards/<suite name>)")
     run.add_argument("--seed", type=int, help="seed for the split, simulator and training (default: the suite's)")
     run.add_argument("--save-images", action="store_true", help="write harmonized volumes under OUT/images/")
     run.add_argument("--retry-failed", action="store_true", help="recompute cells that failed in an earlier run")
     run.add_argument("--cell-timeout", type=float, help="seconds after which a plugin's fit/transform/evaluate fails")
+    run.add_argument(
+        "--no-oracle", action="store_true", help="leave out the oracle row (the real target-site scan as output)"
+    )
 
     lst = sub.add_parser("list", help="list registered harmonizers, evaluators or datasets")
     lst.add_argument("kind", nargs="?", choices=["harmonizers", "evaluators", "datasets"], help="what to list")
@@ -94,12 +99,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             changes[key] = getattr(args, option)
     if args.unseen_sites is not None:
         changes["unseen_sites"] = tuple(args.unseen_sites)
-    if args.harmonizers:
-        changes["harmonizers"] = components_from_names(args.harmonizers, "harmonizers")
-    if args.evaluators:
-        changes["evaluators"] = components_from_names(args.evaluators, "evaluators")
+    # A name the suite configures (a labelled variant with parameters) keeps its configuration.
+    for kind in ("harmonizers", "evaluators"):
+        names = getattr(args, kind)
+        if names:
+            configured = {c.label: c for c in getattr(suite, kind)}
+            changes[kind] = tuple(configured.get(c.label, c) for c in components_from_names(names, kind))
     if args.cell_timeout is not None:
         changes["cell_timeout_s"] = args.cell_timeout
+    if args.no_oracle:
+        changes["oracle"] = False
     suite = suite.replace(**changes)
     out = args.out or Path("leaderboards") / suite.name
     runner = Runner(suite, out, progress=not args.quiet, save_images=args.save_images, retry_failed=args.retry_failed)

@@ -58,6 +58,11 @@ _ERROR_MAX_CHARS = 200
 _SCENARIO_ORDER = {"seen": 0, "unseen": 1}
 _ARROWS = {"higher": "↑", "lower": "↓"}
 _TRANSDUCTIVE_NOTE = "† transductive: sees the unseen site's test scans"
+_ORACLE_NOTE = (
+    "‡ oracle, not ranked: each test subject's real target-site scan scored as if it were the output — "
+    "the ceiling a perfect harmonization reaches on these metrics (for `segmentation`, the segmenter's own "
+    "score on target-site scans)"
+)
 _NO_DATA = "—"
 
 
@@ -141,6 +146,11 @@ def _prepare(results: pd.DataFrame) -> pd.DataFrame:
     for col in ("scenario", "harmonizer", "metric", "status"):
         df[col] = df[col].astype(str)
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
+    if "device_dependent" in df.columns and "device" in df.columns:
+        # Timings and memory are only comparable on one device: each device gets its own column.
+        # (idempotent: the render functions prepare a table that may already be prepared)
+        dep = df["device_dependent"].fillna(False).astype(bool) & ~df["metric"].str.contains("@", regex=False)
+        df.loc[dep, "metric"] = df.loc[dep, "metric"] + "@" + df.loc[dep, "device"].astype(str)
     if "params_hash" in df.columns:
         df["params_hash"] = df["params_hash"].astype(str)
         n_params = df.groupby("harmonizer")["params_hash"].nunique()
@@ -149,6 +159,13 @@ def _prepare(results: pd.DataFrame) -> pd.DataFrame:
             mask = df["harmonizer"].isin(multi)
             df.loc[mask, "harmonizer"] = df.loc[mask, "harmonizer"] + "@" + df.loc[mask, "params_hash"]
     return df
+
+
+def _oracle_set(results: pd.DataFrame) -> set[str]:
+    """Harmonizer labels of reference rows (role ``oracle``): shown, never ranked."""
+    if "role" not in results.columns:
+        return set()
+    return {str(h) for h in results.loc[results["role"].astype(str) == "oracle", "harmonizer"].unique()}
 
 
 def _first_line(text: str) -> str:
@@ -168,7 +185,8 @@ def _truncate(text: str, limit: int = _ERROR_MAX_CHARS) -> str:
 def metric_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per metric: ``metric, direction, ideal, unit, main``, sorted by metric.
 
-    ``direction`` is ``higher``, ``lower`` or ``ideal``. Metadata is repeated on
+    ``direction`` is ``higher``, ``lower``, ``ideal``, or ``none`` for an
+    informational metric (no direction and no ideal; never ranked). Metadata is repeated on
     every results row; the first row in (metric, evaluator) order wins, so a
     disagreement between rows cannot make the output depend on row order.
     """
@@ -183,10 +201,13 @@ def metric_table(results: pd.DataFrame) -> pd.DataFrame:
         first = grp.iloc[0]
         ideal = first["ideal"] if "ideal" in grp.columns else math.nan
         ideal = float(ideal) if ideal is not None and pd.notna(ideal) else math.nan
+        direction = _direction(first["higher_is_better"]) if "higher_is_better" in grp.columns else "higher"
+        if direction == "ideal" and not math.isfinite(ideal):
+            direction = "none"  # informational (a chance level, say): shown, never ranked
         rows.append(
             {
                 "metric": metric,
-                "direction": _direction(first["higher_is_better"]) if "higher_is_better" in grp.columns else "higher",
+                "direction": direction,
                 "ideal": ideal,
                 "unit": str(first["unit"]) if "unit" in grp.columns and pd.notna(first["unit"]) else "",
                 "main": bool(first["main"]) if "main" in grp.columns else True,
@@ -256,16 +277,18 @@ def rank(summary: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     rank. Cells that failed, are not applicable or have no finite mean get a
     NaN rank and do not push the others down. Ranks are computed on the
     6-significant-digit means (and distances), so float noise cannot break a
-    tie. Rows follow the summary's order, main metrics only.
+    tie. Oracle rows (role ``oracle``) and informational metrics are not
+    ranked. Rows follow the summary's order, main metrics only.
     """
     metrics = metric_table(results).set_index("metric")
     main = [m for m in metrics.index if bool(metrics.at[m, "main"])]
+    oracles = _oracle_set(results)
     sub = summary[summary["metric"].isin(main)].copy()
     sub["rank"] = math.nan
     for (_, metric), grp in sub.groupby(["scenario", "metric"], sort=False):
         direction = metrics.at[metric, "direction"]
         ideal = float(metrics.at[metric, "ideal"])
-        ok = grp[(grp["status"] == "ok") & np.isfinite(grp["mean"].astype(float))]
+        ok = grp[(grp["status"] == "ok") & np.isfinite(grp["mean"].astype(float)) & ~grp["harmonizer"].isin(oracles)]
         if ok.empty:
             continue
         means = ok["mean"].astype(float)
@@ -338,6 +361,8 @@ def _fmt_ideal(x: float) -> str:
 
 
 def _header(metric: str, direction: str, ideal: float) -> str:
+    if direction == "none":
+        return f"{metric} (info)"
     if direction == "ideal":
         return f"{metric} →{_fmt_ideal(ideal)}"
     return f"{metric} {_ARROWS[direction]}"
@@ -391,6 +416,7 @@ def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, *, title: str)
     ranks = rank(summary, df)
     means = mean_rank(ranks)
     transductive = _transductive_set(df)
+    oracles = _oracle_set(df)
 
     lines: list[str] = [f"# {title}", ""]
     suite, dataset = _unique_label(df, "suite"), _unique_label(df, "dataset")
@@ -410,18 +436,23 @@ def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, *, title: str)
         harmonizers = list(order["harmonizer"])
         # Harmonizers without any main metric still belong on the board.
         harmonizers += sorted(set(sub["harmonizer"]) - set(harmonizers))
+        # Reference rows close the table: they bound the methods, they do not compete with them.
+        harmonizers = [h for h in harmonizers if h not in oracles] + [h for h in harmonizers if h in oracles]
         mr = dict(zip(order["harmonizer"], order["mean_rank"], strict=True))
 
         header = ["harmonizer", "n"] + [_header(m, meta.at[m, "direction"], meta.at[m, "ideal"]) for m in main]
         header.append("mean rank")
         table = ["| " + " | ".join(header) + " |", "|:---|---:|" + "---:|" * len(main) + "---:|"]
         notes: list[str] = []
-        any_transductive = False
+        any_transductive = any_oracle = False
         for h in harmonizers:
             name = _md_escape(h)
             if h in transductive:
                 name += " †"
                 any_transductive = True
+            if h in oracles:
+                name += " ‡"
+                any_oracle = True
             row_ns = [int(cell[(scenario, h, m)].n) for m in main if (scenario, h, m) in cell]
             cells = [name, str(max(row_ns)) if row_ns else "0"]
             footnote_for: dict[str, int] = {}
@@ -459,6 +490,8 @@ def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, *, title: str)
         lines += [f"## Scenario: {scenario}", "", *table, ""]
         if any_transductive:
             lines += [_TRANSDUCTIVE_NOTE, ""]
+        if any_oracle:
+            lines += [_ORACLE_NOTE, ""]
         if notes:
             lines += [*notes, ""]
 
@@ -468,7 +501,9 @@ def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, *, title: str)
     for m in main_all:
         direction = meta.at[m, "direction"]
         unit = meta.at[m, "unit"] or "unitless"
-        if direction == "ideal":
+        if direction == "none":
+            how = "informational, not ranked"
+        elif direction == "ideal":
             how = f"closer to {_fmt_ideal(meta.at[m, 'ideal'])} is better"
         else:
             how = f"{direction} is better"
@@ -478,6 +513,8 @@ def render_markdown(results: pd.DataFrame, summary: pd.DataFrame, *, title: str)
     )
     lines.append("- `mean rank`: mean of the per-metric ranks over the main metrics the harmonizer was ranked on.")
     lines.append("- `n/a`: not applicable to this scenario; `failed`: the cell raised, see its footnote.")
+    if any(str(m).count("@") for m in main_all):
+        lines.append("- `metric@device`: timing or memory measured on that device; devices never share a column.")
     if used_no_data:
         lines.append(f"- `{_NO_DATA}`: no finite value.")
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ COLUMNS: tuple[str, ...] = (
     "dataset",
     "scenario",
     "harmonizer",
+    "role",
     "params_hash",
     "evaluator",
     "metric",
@@ -34,6 +35,7 @@ COLUMNS: tuple[str, ...] = (
     "ideal",
     "unit",
     "main",
+    "device_dependent",
     "transductive",
     "seed",
     "device",
@@ -76,6 +78,8 @@ def to_frame(records: Iterable[dict]) -> pd.DataFrame:
     frame["ideal"] = frame["ideal"].astype(float)
     frame["main"] = frame["main"].astype(bool)
     frame["transductive"] = frame["transductive"].astype(bool)
+    frame["device_dependent"] = frame["device_dependent"].fillna(False).astype(bool)
+    frame["role"] = frame["role"].fillna("method").astype(str)
     return frame
 
 

@@ -10,7 +10,13 @@ Guarantees (DESIGN §4):
   traceback under ``<out>/errors/``);
 - fitted models are cached as arrays under ``<out>/cache/models/``;
 - capabilities come from ``meta`` only: a harmonizer that cannot handle a
-  scenario gets ``not_applicable`` cells.
+  scenario gets ``not_applicable`` cells;
+- fit and transform are timed and their peak memory recorded (CUDA events and
+  CUDA memory statistics on a GPU, see `harmbench.timing`) for the throughput
+  evaluator;
+- an oracle row scores each test subject's real target-site scan as if it were
+  the output: the ceiling every metric can reach on this data (for the
+  segmentation evaluator, the segmenter's own score on target-site scans).
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import json
 import logging
 import signal
 import threading
-import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +50,7 @@ from harmbench.progress import progress_enabled
 from harmbench.protocol import SCENARIOS, Split, SplitData, make_split
 from harmbench.results import ResultStore, atomic_write_text, to_frame
 from harmbench.suite import Component, Suite
+from harmbench.timing import measure, resolve_run_device
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,10 @@ def _now() -> str:
 def _reason(exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first}"[:500]
+
+
+#: Label of the reference row whose output is the subject's real target-site scan.
+ORACLE = "oracle"
 
 
 def _direction(higher_is_better: bool | None) -> str:
@@ -157,6 +167,9 @@ class Runner:
         self.dataset = self._dataset()
         self._cohort: Cohort | None = None
         self._evaluators: dict[str, Evaluator] = {}
+        self.device = resolve_run_device(suite.device)
+        if suite.oracle and ORACLE in self.harmonizer_classes:
+            raise ConfigError(f"the harmonizer label {ORACLE!r} is reserved for the oracle row; rename it in the suite")
 
     # -- set-up -----------------------------------------------------------------------------------
     def _instantiate(self, cls: type, component: Component) -> Any:
@@ -229,24 +242,35 @@ class Runner:
                         context, scenario, h.plugin, h_cls.meta.version, h.params, e.plugin, e_cls.version, e.params
                     )
                     cells.append(Cell(scenario, h, e, f"{scenario}--{h.label}--{e.label}--{key}"))
+        if self.suite.oracle:
+            oracle = Component(label=ORACLE, plugin=ORACLE)
+            for scenario in split.scenarios():
+                for e in self.suite.evaluators:
+                    e_cls = self.evaluator_classes[e.label]
+                    if all(m.device_dependent for m in e_cls.metrics):
+                        continue  # nothing runs in the oracle row, so there is nothing to time
+                    key = _hash(context, scenario, ORACLE, e.plugin, e_cls.version, e.params)
+                    cells.append(Cell(scenario, oracle, e, f"{scenario}--{ORACLE}--{e.label}--{key}"))
         return cells
 
     # -- records ----------------------------------------------------------------------------------
     def _base_record(self, cell: Cell, device: str) -> dict[str, Any]:
-        h_cls = self.harmonizer_classes[cell.harmonizer.label]
         e_cls = self.evaluator_classes[cell.evaluator.label]
+        is_oracle = cell.harmonizer.label == ORACLE and cell.harmonizer.label not in self.harmonizer_classes
+        h_meta = None if is_oracle else self.harmonizer_classes[cell.harmonizer.label].meta
         return {
             "suite": self.suite.name,
             "dataset": self.dataset_label,
             "scenario": cell.scenario,
             "harmonizer": cell.harmonizer.label,
+            "role": "oracle" if is_oracle else "method",
             "params_hash": params_hash(cell.harmonizer.params),
             "evaluator": cell.evaluator.label,
-            "transductive": bool(h_cls.meta.transductive),
+            "transductive": bool(h_meta.transductive) if h_meta else False,
             "seed": self.suite.seed,
             "device": device,
             "harmbench_version": harmbench.__version__,
-            "harmonizer_version": h_cls.meta.version,
+            "harmonizer_version": h_meta.version if h_meta else harmbench.__version__,
             "evaluator_version": e_cls.version,
         }
 
@@ -258,6 +282,7 @@ class Runner:
             "ideal": np.nan if spec.ideal is None else float(spec.ideal),
             "unit": spec.unit,
             "main": bool(spec.main),
+            "device_dependent": bool(spec.device_dependent),
         }
 
     def _status_cell(self, cell: Cell, status: str, reason: str, device: str, started: str) -> None:
@@ -288,10 +313,10 @@ class Runner:
 
     # -- execution --------------------------------------------------------------------------------
     def _device_for(self, h_cls: type) -> str:
-        kind = self.suite.device.split(":")[0]
-        return self.suite.device if kind in h_cls.meta.devices else "cpu"
+        kind = self.device.split(":")[0]
+        return self.device if kind in h_cls.meta.devices else "cpu"
 
-    def _fit(self, component: Component, data: SplitData, device: str) -> tuple[Harmonizer, float]:
+    def _fit(self, component: Component, data: SplitData, device: str) -> tuple[Harmonizer, dict[str, float]]:
         h_cls = self.harmonizer_classes[component.label]
         model_key = _hash(self.context_id, component.plugin, h_cls.meta.version, component.params, device)
         model_dir = self.out_dir / "cache" / "models" / f"{component.label}-{model_key}"
@@ -302,27 +327,34 @@ class Runner:
         if fit_record.exists() and (model_dir / "state.npz").exists():
             try:
                 harmonizer.load(model_dir)
-                return harmonizer, float(json.loads(fit_record.read_text())["fit_s"])
+                recorded = json.loads(fit_record.read_text())
+                return harmonizer, {"fit_s": float(recorded["fit_s"]), "peak_mem_mb": float(recorded["peak_mem_mb"])}
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("cached model %s is unreadable (%s); refitting", model_dir, exc)
         train = data.train
         if not h_cls.meta.needs_source_sites:
             train = train.filter(lambda s: s.site == data.target_site, name=f"{train.name}:target")
         rng = np.random.default_rng(self.suite.seed)
-        start = time.perf_counter()
-        with time_limit(self.suite.cell_timeout_s, f"fit of {component.label}"):
+        with time_limit(self.suite.cell_timeout_s, f"fit of {component.label}"), measure(device) as fit:
             returned = harmonizer.fit(train, data.target_site, data.reference, rng=rng)
-        fit_s = time.perf_counter() - start
         if returned is not harmonizer:
             raise PluginError(f"harmonizer {component.label!r}: fit() must return self")
         harmonizer.save(model_dir)
-        atomic_write_text(fit_record, json.dumps({"fit_s": fit_s}))
-        return harmonizer, fit_s
+        stats = {"fit_s": fit.seconds, "peak_mem_mb": fit.peak_mem_mb}
+        atomic_write_text(fit_record, json.dumps(stats))
+        return harmonizer, stats
 
     def _transform_all(
-        self, component: Component, harmonizer: Harmonizer, scans: Sequence[Scan], reference: Scan, scenario: str
-    ) -> tuple[list[Scan], list[float]]:
-        outputs, times = [], []
+        self,
+        component: Component,
+        harmonizer: Harmonizer,
+        scans: Sequence[Scan],
+        reference: Scan,
+        scenario: str,
+        device: str,
+    ) -> tuple[list[Scan], list[float], float]:
+        """Outputs, per-scan transform seconds, and the pass's peak memory (MB) on ``device``."""
+        outputs, times, peak = [], [], 0.0
         meta = self.harmonizer_classes[component.label].meta
         uses_reference = meta.uses_reference
         if meta.transductive:
@@ -332,11 +364,12 @@ class Runner:
         bar = progress_bar(scans, desc=f"{component.label} [{scenario}]", unit="scan")
         with time_limit(self.suite.cell_timeout_s, f"transform of {scenario} scans by {component.label}"):
             for scan in bar:
-                start = time.perf_counter()
-                output = harmonizer.transform(scan, reference if uses_reference else None)
-                times.append(time.perf_counter() - start)
+                with measure(device) as one:
+                    output = harmonizer.transform(scan, reference if uses_reference else None)
+                times.append(one.seconds)
+                peak = max(peak, one.peak_mem_mb)
                 outputs.append(check_output(component.label, scan, output))
-        return outputs, times
+        return outputs, times, peak
 
     def _image_path(self, scenario: str, label: str, scan: Scan) -> Path:
         return self.out_dir / "images" / scenario / label / f"{scan.subject}_{scan.site}.nii.gz"
@@ -353,6 +386,8 @@ class Runner:
         if component.label not in self._evaluators:
             e_cls = self.evaluator_classes[component.label]
             evaluator = self._instantiate(e_cls, component)
+            if "device" in evaluator._param_names() and "device" not in component.params:
+                evaluator.set_params(device=self.device)
             cache = (
                 self.out_dir
                 / "cache"
@@ -432,7 +467,7 @@ class Runner:
             return
         data = data_fn()
         try:
-            harmonizer, fit_s = self._fit(component, data, device)
+            harmonizer, fit_stats = self._fit(component, data, device)
         except Exception as exc:  # isolation: the reason goes into the results, the traceback under errors/
             self._fail_cells(missing, f"fit--{component.label}", "fit", exc, device, started, report)
             return
@@ -442,7 +477,9 @@ class Runner:
                 continue
             scans = data.scenario_scans(scenario)
             try:
-                outputs, times = self._transform_all(component, harmonizer, scans, data.reference, scenario)
+                outputs, times, transform_peak = self._transform_all(
+                    component, harmonizer, scans, data.reference, scenario, device
+                )
             except Exception as exc:  # isolation: the reason goes into the results, the traceback under errors/
                 name = f"transform--{scenario}--{component.label}"
                 self._fail_cells(todo, name, "transform", exc, device, started, report)
@@ -455,12 +492,41 @@ class Runner:
                     output=out,
                     target=data.paired_target(scan),
                     target_pool=data.target_pool(),
-                    timing={"fit_s": fit_s, "transform_s": t},
+                    timing={
+                        "fit_s": fit_stats["fit_s"],
+                        "transform_s": t,
+                        "peak_mem_mb": max(fit_stats["peak_mem_mb"], transform_peak),
+                    },
                 )
                 for scan, out, t in zip(scans, outputs, times, strict=True)
             ]
             for cell in todo:
                 self._evaluate_cell(cell, cases, data, device, started)
+                report.cells_computed += 1
+
+    def _run_oracle(self, cells: list[Cell], data_fn: Any, report: RunReport) -> None:
+        """Score each test subject's real target-site scan as the output (scans without one are skipped)."""
+        missing = [c for c in cells if not self.store.has(c.cell_id)]
+        if not missing:
+            return
+        data = data_fn()
+        started = _now()
+        for scenario in SCENARIOS:
+            todo = [c for c in missing if c.scenario == scenario]
+            if not todo:
+                continue
+            pairs = [(scan, data.paired_target(scan)) for scan in data.scenario_scans(scenario)]
+            cases = [
+                EvalCase(input=scan, output=target, target=target, target_pool=data.target_pool())
+                for scan, target in pairs
+                if target is not None
+            ]
+            for cell in todo:
+                if cases:
+                    self._evaluate_cell(cell, cases, data, "cpu", started)
+                else:
+                    reason = "no test subject of this scenario was scanned at the target site"
+                    self._status_cell(cell, "not_applicable", reason, "cpu", started)
                 report.cells_computed += 1
 
     def _forget_failed(self, cells: Sequence[Cell]) -> None:
@@ -494,6 +560,8 @@ class Runner:
         }
         for component in progress_bar(self.suite.harmonizers, desc="harmonizers", unit="method"):
             self._run_harmonizer(component, by_harmonizer[component.label], data, report)
+        if self.suite.oracle:
+            self._run_oracle([c for c in cells if c.harmonizer.label == ORACLE], data, report)
         results = self.store.read_cells([c.cell_id for c in cells])
         results = to_frame(results.to_dict("records"))
         report.cells_failed = int(results.loc[results["status"] == "failed", "cell_id"].nunique())

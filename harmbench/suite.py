@@ -60,6 +60,8 @@ class Suite:
     evaluators: tuple[Component, ...] = ()
     device: str = "cpu"
     cell_timeout_s: float | None = None
+    #: Add the oracle row (each test subject's real target-site scan scored as the output).
+    oracle: bool = True
 
     def replace(self, **changes: Any) -> Suite:
         return dataclasses.replace(self, **changes)
@@ -73,6 +75,7 @@ class Suite:
                 "harmonizers": [c.label for c in self.harmonizers],
                 "evaluators": [c.label for c in self.evaluators],
                 "device": self.device,
+                "oracle": self.oracle,
             },
             "dataset": {"name": self.dataset, **self.dataset_params},
         }
@@ -129,12 +132,16 @@ def parse_suite(doc: dict[str, Any], where: str) -> Suite:
     unknown_protocol = sorted(set(protocol) - {"target_site", "unseen_sites", "n_test_subjects"})
     if unknown_protocol:
         raise ConfigError(f"{where}: unknown [protocol] key {unknown_protocol[0]!r}")
-    unknown_head = sorted(set(head) - {"name", "seed", "harmonizers", "evaluators", "device", "cell_timeout_s"})
+    known_head = {"name", "seed", "harmonizers", "evaluators", "device", "cell_timeout_s", "oracle"}
+    unknown_head = sorted(set(head) - known_head)
     if unknown_head:
         raise ConfigError(f"{where}: unknown [suite] key {unknown_head[0]!r}")
     seed = head.get("seed", 0)
     if not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"{where}: [suite] seed must be a non-negative integer")
+    oracle = head.get("oracle", True)
+    if not isinstance(oracle, bool):
+        raise ConfigError(f"{where}: [suite] oracle must be true or false")
     unseen = protocol.get("unseen_sites")
     return Suite(
         name=str(head.get("name", Path(where).stem)),
@@ -148,18 +155,29 @@ def parse_suite(doc: dict[str, Any], where: str) -> Suite:
         evaluators=_components("evaluators", head.get("evaluators", []), doc.get("evaluators", {}), where),
         device=str(head.get("device", "cpu")),
         cell_timeout_s=head.get("cell_timeout_s"),
+        oracle=oracle,
     )
 
 
+def builtin_suites() -> list[str]:
+    """Names of the suites shipped with harmbench (``harmbench run <name>`` runs one)."""
+    folder = resources.files("harmbench").joinpath("suites")
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
 def load_suite(path: str | Path | None = None) -> Suite:
-    """Read a suite file; ``None`` gives the built-in default suite."""
+    """Read a suite file, or a built-in suite by name; ``None`` gives the built-in default suite."""
     if path is None:
-        text = resources.files("harmbench").joinpath("suites", f"{DEFAULT_SUITE}.toml").read_text()
-        where = f"<built-in {DEFAULT_SUITE} suite>"
+        path_name = DEFAULT_SUITE
+    else:
+        path_name = str(path)
+    if path is None or (not Path(path_name).exists() and path_name in builtin_suites()):
+        text = resources.files("harmbench").joinpath("suites", f"{path_name}.toml").read_text()
+        where = f"<built-in {path_name} suite>"
     else:
         path = Path(path)
         if not path.exists():
-            raise ConfigError(f"{path}: suite file not found")
+            raise ConfigError(f"{path}: suite file not found (built-in suites: {', '.join(builtin_suites())})")
         text = path.read_text()
         where = str(path)
     try:

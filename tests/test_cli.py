@@ -211,6 +211,23 @@ def test_synth_writes_a_bids_folder_that_runs_as_a_users_dataset(tmp_path, capsy
     np.testing.assert_array_equal(loaded.find(first.subject, first.site).data, first.data)
     out = tmp_path / "out"
     args = ["--quiet", "run", "--dataset", str(bids), "--target-site", first.site, "--out", str(out)]
-    assert main([*args, "--unseen-sites", "ge-1.5t-spgr", "--harmonizers", "identity,histogram"]) == 0
+    extra = ["--harmonizers", "identity,histogram", "--evaluators", "wasserstein,paired"]
+    assert main([*args, "--unseen-sites", "ge-1.5t-spgr", *extra]) == 0
     board = pd.read_csv(out / "leaderboard.csv")
     assert set(board["scenario"]) == {"seen", "unseen"} and set(board["status"]) == {"ok"}
+
+
+def test_harmonizers_option_keeps_a_suite_variants_parameters_and_no_oracle(tmp_path):
+    suite = tmp_path / "variants.toml"
+    suite.write_text(
+        TINY_SUITE.format(harmonizers='"identity", "histogram-site"')
+        + '[harmonizers.histogram-site]\nplugin = "histogram"\nstandard = "site"\n'
+    )
+    out = tmp_path / "out"
+    assert (
+        main([*TINY_ARGS, "run", str(suite), "--out", str(out), "--harmonizers", "histogram-site", "--no-oracle"]) == 0
+    )
+    written = (out / "suite.toml").read_text()
+    assert 'standard = "site"' in written and "oracle = false" in written
+    results = pd.read_parquet(out / "results.parquet")
+    assert set(results["harmonizer"]) == {"histogram-site"}

@@ -346,3 +346,54 @@ def test_write_leaderboards(tmp_path: Path, results):
     write_leaderboards(results, tmp_path / "lb", seed=5, title="t")
     assert paths["csv"].read_bytes() != first["csv"]
     assert np.isfinite(pd.read_csv(paths["csv"])["mean"]).sum() > 0
+
+
+# -- oracle rows, informational metrics, device-dependent metrics -------------------------------------
+
+
+def test_oracle_row_is_shown_last_and_never_ranked_even_when_best(results):
+    res = results.copy()
+    res["role"] = "method"
+    oracle = res[res["harmonizer"] == "histogram"].copy()
+    oracle["harmonizer"], oracle["role"], oracle["status"] = "oracle", "oracle", "ok"
+    oracle["value"] = oracle["value"].fillna(0.0) * 0.0  # better than everyone on nwd_tp
+    res = pd.concat([res, oracle], ignore_index=True)
+    summary = summarize(res, n_boot=10)
+    ranks = rank(summary, res)
+    assert ranks.loc[ranks["harmonizer"] == "oracle", "rank"].isna().all()
+    r = _ranks(res, summary)
+    assert r["seen", "histogram", "nwd_tp"] == 1  # the oracle does not push methods down
+    md = render_markdown(res, summary, title="t")
+    seen = md.split("## Scenario: seen")[1].split("## Scenario")[0]
+    rows = [line for line in seen.splitlines() if line.startswith("| ") and "harmonizer" not in line]
+    assert rows[-1].startswith("| oracle ‡ |") and rows[-1].rstrip().endswith("| — |")
+    assert "‡ oracle, not ranked" in md
+
+
+def test_informational_metric_is_shown_but_not_ranked(results):
+    res = results.copy()
+    chance = res[res["metric"] == "psnr"].copy()
+    chance["metric"], chance["higher_is_better"], chance["ideal"], chance["value"] = "site_chance", None, math.nan, 0.5
+    res = pd.concat([res, chance], ignore_index=True)
+    table = metric_table(res).set_index("metric")
+    assert table.at["site_chance", "direction"] == "none"
+    summary = summarize(res, n_boot=10)
+    ranks = rank(summary, res)
+    assert ranks.loc[ranks["metric"] == "site_chance", "rank"].isna().all()
+    md = render_markdown(res, summary, title="t")
+    assert "site_chance (info)" in md and "informational, not ranked" in md
+
+
+def test_device_dependent_metrics_get_one_column_per_device(results):
+    res = results[results["metric"] == "nwd_tp"].copy()
+    speed = res.copy()
+    speed["metric"], speed["higher_is_better"], speed["device_dependent"] = "volumes_per_s", "higher", True
+    speed.loc[speed["harmonizer"] == "histogram", "device"] = "cuda"
+    res["device_dependent"] = False
+    res = pd.concat([res, speed], ignore_index=True)
+    summary = summarize(res, n_boot=10)
+    metrics = set(summary["metric"])
+    assert {"volumes_per_s@cpu", "volumes_per_s@cuda", "nwd_tp"} <= metrics and "volumes_per_s" not in metrics
+    assert set(summary.loc[summary["metric"] == "volumes_per_s@cuda", "harmonizer"]) == {"histogram"}
+    md = render_markdown(res, summary, title="t")
+    assert "volumes_per_s@cuda ↑" in md and "volumes_per_s@cpu ↑" in md and "@cpu@" not in md

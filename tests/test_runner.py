@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import ClassVar
 
 import numpy as np
@@ -10,8 +12,11 @@ import pytest
 from conftest import tiny_suite
 
 from harmbench import Harmonizer, Meta, hookimpl
+from harmbench.api import Evaluator, MetricSpec
+from harmbench.errors import ConfigError
 from harmbench.plugins import Registry, get_plugin_manager
 from harmbench.runner import Runner
+from harmbench.suite import Component
 
 
 class _Base(Harmonizer):
@@ -144,7 +149,7 @@ def test_tiny_suite_gives_a_full_leaderboard(tmp_path):
         assert results[column].notna().all()
     board = pd.read_csv(tmp_path / "leaderboard.csv")
     assert list(board.columns) == ["scenario", "harmonizer", "metric", "mean", "ci_low", "ci_high", "n", "status"]
-    assert set(board["harmonizer"]) == {"identity", "histogram", "ssimh"}
+    assert set(board["harmonizer"]) == {"identity", "histogram", "ssimh", "oracle"}
     assert (tmp_path / "leaderboard.md").read_text().count("## Scenario:") == 2
     assert (tmp_path / "suite.toml").exists() and (tmp_path / "split.json").exists()
 
@@ -173,6 +178,7 @@ def test_broken_plugins_fail_only_their_own_cells(tmp_path, registry):
 def test_meta_capability_gives_not_applicable(tmp_path, registry):
     suite = tiny_suite(harmonizers=("seen-only",), evaluators=("wasserstein",))
     results = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    results = results[results["role"] == "method"]
     by_scenario = results.groupby("scenario")["status"].agg(set)
     assert by_scenario["seen"] == {"ok"} and by_scenario["unseen"] == {"not_applicable"}
     assert results.loc[results.status == "not_applicable", "value"].isna().all()
@@ -226,6 +232,7 @@ def test_transductive_harmonizer_is_adapted_per_site_with_all_its_test_scans(tmp
     suite = tiny_suite(harmonizers=("transductive",), evaluators=("wasserstein",))
     report = Runner(suite, tmp_path, registry=registry, progress=False).run()
     results = pd.read_parquet(report.results_path)
+    results = results[results["role"] == "method"]
     assert set(results["status"]) == {"ok"} and results["transductive"].all()
     n_test = len(report.split.test_subjects)
     sources = [s for s in report.split.seen_sites if s != report.split.target_site] + list(report.split.unseen_sites)
@@ -241,3 +248,94 @@ def test_histogram_and_ssimh_beat_identity_on_seen_sites(tmp_path):
     for method in ("histogram", "ssimh"):
         assert seen["nwd_tp", method] < seen["nwd_tp", "identity"]
         assert seen["psnr", method] > seen["psnr", "identity"]
+
+
+# -- oracle row, timing and devices ---------------------------------------------------------------
+
+
+class TimingProbe(Evaluator):
+    """Echoes the runner's timing for each case, so the test sees exactly what evaluators get."""
+
+    name = "timing-probe"
+    version = "0"
+    metrics = (
+        MetricSpec("probe_fit_s", False, device_dependent=True),
+        MetricSpec("probe_transform_s", False, device_dependent=True),
+        MetricSpec("probe_peak_mem_mb", False, device_dependent=True),
+    )
+
+    def evaluate(self, cases):
+        return [
+            {"subject": c.input.subject, "site": c.input.site, "metric": f"probe_{k}", "value": c.timing[k]}
+            for c in cases
+            for k in ("fit_s", "transform_s", "peak_mem_mb")
+        ]
+
+
+class ProbePlugin:
+    @hookimpl
+    def harmbench_register_evaluators(self):
+        return [TimingProbe]
+
+
+def test_oracle_row_scores_the_real_target_scan_and_is_not_ranked(tmp_path):
+    report = Runner(tiny_suite(harmonizers=("identity",)), tmp_path, progress=False).run()
+    results = pd.read_parquet(report.results_path)
+    oracle = results[results["harmonizer"] == "oracle"]
+    assert set(oracle["role"]) == {"oracle"} and set(oracle["status"]) == {"ok"}
+    assert set(results.loc[results["harmonizer"] == "identity", "role"]) == {"method"}
+    # the output is the target itself: zero distance to it, capped PSNR, every test scan of both scenarios
+    assert np.allclose(oracle.loc[oracle["metric"] == "nwd_tp", "value"], 0.0)
+    assert np.allclose(oracle.loc[oracle["metric"] == "psnr", "value"], 100.0)
+    n_test_scans = len(results[(results["harmonizer"] == "identity") & (results["metric"] == "psnr")])
+    assert len(oracle[oracle["metric"] == "psnr"]) == n_test_scans
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    oracle_rows = [r for r in board["summary"] if r["harmonizer"] == "oracle"]
+    assert oracle_rows and all(r["rank"] is None for r in oracle_rows)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "| oracle ‡ |" in md and "‡ oracle, not ranked" in md
+
+
+def test_oracle_can_be_switched_off_and_its_label_is_reserved(tmp_path, registry):
+    report = Runner(tiny_suite(harmonizers=("identity",), oracle=False), tmp_path, progress=False).run()
+    assert "oracle" not in set(pd.read_parquet(report.results_path)["harmonizer"])
+    clash = tiny_suite(harmonizers=("identity",)).replace(harmonizers=(Component(label="oracle", plugin="identity"),))
+    with pytest.raises(ConfigError, match="reserved"):
+        Runner(clash, tmp_path / "clash", progress=False)
+
+
+def test_evaluators_get_fit_and_transform_timing_with_peak_memory(tmp_path):
+    registry = Registry(get_plugin_manager(extra_plugins=[ProbePlugin()]))
+    suite = tiny_suite(harmonizers=("identity",), evaluators=("timing-probe",))
+    results = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    method = results[results["role"] == "method"]
+    assert set(method["status"]) == {"ok"} and method["device_dependent"].all()
+    values = method.groupby("metric")["value"]
+    assert (values.min() >= 0).all()
+    # one fit, so one fit time on every case; the oracle row has nothing to time, so no cells
+    assert method.loc[method["metric"] == "probe_fit_s", "value"].nunique() == 1
+    assert "oracle" not in set(results["harmonizer"])
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "probe_transform_s@cpu ↓" in board
+
+
+def test_cached_fit_keeps_its_recorded_timing(tmp_path):
+    registry = Registry(get_plugin_manager(extra_plugins=[ProbePlugin()]))
+    suite = tiny_suite(harmonizers=("histogram",), evaluators=("timing-probe",))
+    first = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    for cell in (tmp_path / "cells").iterdir():
+        cell.unlink()  # evaluate again from the cached model
+    second = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    pick = lambda r: sorted(r.loc[r["metric"].isin(["probe_fit_s", "probe_peak_mem_mb"]), "value"])  # noqa: E731
+    assert pick(first) == pick(second)
+
+
+def test_cuda_request_without_a_gpu_runs_on_the_cpu_and_records_it(tmp_path, caplog, monkeypatch):
+    import harmbench.timing
+
+    monkeypatch.setattr(harmbench.timing, "cuda_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="harmbench.timing"):
+        runner = Runner(tiny_suite(harmonizers=("identity",), device="cuda"), tmp_path, progress=False)
+    assert runner.device == "cpu" and "no CUDA device" in caplog.text
+    results = pd.read_parquet(runner.run().results_path)
+    assert set(results["device"]) == {"cpu"}

@@ -11,7 +11,18 @@ from harmbench.suite import load_suite
 def test_builtin_default_suite():
     suite = load_suite()
     assert suite.name == "default"
-    assert [c.label for c in suite.harmonizers] == ["identity", "histogram", "ssimh", "combat", "combat-refit"]
+    assert [c.label for c in suite.harmonizers] == [
+        "identity",
+        "histogram",
+        "ssimh",
+        "combat",
+        "combat-refit",
+        "hail",
+        "hail-no-consistency",
+    ]
+    ablation = suite.harmonizers[-1]
+    assert ablation.plugin == "hail" and ablation.params == {"consistency_weight": 0.0}
+    assert [c.label for c in suite.evaluators] == ["wasserstein", "paired", "volume", "segmentation", "site_removal"]
     assert suite.dataset == "harmbench-sim" and suite.dataset_params == {"profile": "quick"}
 
 
@@ -58,3 +69,23 @@ def test_bad_suite_names_the_problem(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=needle) as err:
         load_suite(path)
     assert str(path) in str(err.value)
+
+
+def test_builtin_suites_load_by_name_and_name_registered_plugins():
+    from harmbench.plugins import Registry
+    from harmbench.suite import builtin_suites
+
+    assert {"default", "throughput"} <= set(builtin_suites())
+    registry = Registry()
+    for name in builtin_suites():
+        suite = load_suite(name)
+        assert suite.name == name
+        for c in suite.harmonizers:
+            registry.harmonizer(c.plugin)
+        for c in suite.evaluators:
+            registry.evaluator(c.plugin)
+
+
+def test_unknown_suite_lists_the_builtin_ones(tmp_path):
+    with pytest.raises(ConfigError, match="built-in suites: default"):
+        load_suite(tmp_path / "nope.toml")

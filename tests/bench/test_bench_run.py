@@ -1,6 +1,7 @@
 """Speed targets of the engine (run with `tox -e bench`, never in the unit tests).
 
-- the default suite (every built-in harmonizer it lists) cold: under 3 minutes on 2 cores;
+- the default suite (every harmonizer and evaluator it lists, two HAIL fits and the segmenter's
+  training included) cold: under 6 minutes on 2 cores;
 - an unchanged re-run (everything cached): under 10 s.
 """
 
@@ -24,8 +25,8 @@ def test_default_run_cold(benchmark, tmp_path):
     def setup():
         return (next(fresh),), {}
 
-    benchmark.pedantic(lambda out: Runner(suite, out, progress=False).run(), setup=setup, rounds=3, iterations=1)
-    assert statistics.median(benchmark.stats.stats.data) < 180
+    benchmark.pedantic(lambda out: Runner(suite, out, progress=False).run(), setup=setup, rounds=1, iterations=1)
+    assert statistics.median(benchmark.stats.stats.data) < 360
 
 
 def test_unchanged_rerun(benchmark, tmp_path):

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harmbench.nn.runtime import load_module_state, module_state, seeded
+from harmbench.nn.unet import UNet3d, pad_to_multiple
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 8), (7, 9, 11), (5, 12, 3), (3, 2, 5)])
+@pytest.mark.parametrize("levels", [0, 1, 2])
+def test_output_has_the_input_shape(shape, levels):
+    net = UNet3d(in_channels=2, out_channels=3, base_channels=2, levels=levels)
+    out = net(torch.randn(2, 2, *shape))
+    assert out.shape == (2, 3, *shape)
+    assert torch.isfinite(out).all()
+
+
+def test_pad_to_multiple_pads_evenly_and_crops_back():
+    x = torch.arange(7 * 9 * 8, dtype=torch.float32).reshape(1, 1, 7, 9, 8)
+    padded, crop = pad_to_multiple(x, 4)
+    assert padded.shape == (1, 1, 8, 12, 8)
+    assert crop == (slice(0, 7), slice(1, 10), slice(0, 8))  # 1 extra voxel goes after; 3 split 1 + 2
+    assert torch.equal(padded[(..., *crop)], x)
+    assert padded.sum() == x.sum()  # the padding is zeros
+    same, crop = pad_to_multiple(x, 1)
+    assert same is x and crop == (slice(0, 7), slice(0, 9), slice(0, 8))
+
+
+def test_depth_and_width():
+    net = UNet3d(in_channels=1, out_channels=4, base_channels=3, levels=2)
+    assert net.multiple == 4
+    assert [m[0].out_channels for m in net.encoders] == [3, 6, 12]
+    assert net.head.out_channels == 4
+
+
+def test_learns_and_backpropagates():
+    with seeded(0) as gen:
+        net = UNet3d(out_channels=2, base_channels=4, levels=1)
+        x = torch.rand(1, 1, 6, 7, 5, generator=gen)
+    y = (x[:, 0] > 0.5).long()
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    first = None
+    for _ in range(30):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        first = first if first is not None else loss.item()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_seeded_initialisation_and_state_round_trip():
+    with seeded(3):
+        a = UNet3d(base_channels=2, levels=1)
+    with seeded(3):
+        b = UNet3d(base_channels=2, levels=1)
+    x = torch.rand(1, 1, 5, 6, 7)
+    assert torch.equal(a(x), b(x))
+    state = module_state(a, "unet")
+    assert all(isinstance(v, np.ndarray) and v.dtype != object for v in state.values())
+    with seeded(4):
+        c = UNet3d(base_channels=2, levels=1)
+    assert not torch.equal(a(x), c(x))
+    load_module_state(c, state, "unet")
+    assert torch.equal(a(x), c(x))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"levels": -1}, "levels"), ({"base_channels": 0}, "base_channels"), ({"out_channels": 1.5}, "out_channels")],
+)
+def test_bad_parameters_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        UNet3d(**kwargs)
+
+
+def test_wrong_rank_is_refused():
+    with pytest.raises(ValueError, match=r"\(N, C, D, H, W\)"):
+        UNet3d(levels=1)(torch.rand(1, 8, 8, 8))

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from harmbench_plugins.evaluators import site_removal
+from harmbench_plugins.evaluators.site_removal import (
+    SiteRemovalEvaluator,
+    balanced_accuracy_shares,
+    cross_validated_predictions,
+    intensity_features,
+)
+from sklearn.metrics import balanced_accuracy_score
+
+from harmbench.api import EvalCase
+from harmbench.errors import ConfigError, DataError
+from harmbench.testing import check_evaluator
+
+
+def _source_scans(cohort, n_sites=3):
+    sources = cohort.sites[1 : 1 + n_sites]
+    return [s for s in cohort.scans if s.site in sources]
+
+
+def _bacc(records):
+    values = [r["value"] for r in records if r["metric"] == "site_bacc"]
+    return float(np.mean(values))
+
+
+def _chance(records):
+    return sorted({r["value"] for r in records if r["metric"] == "site_chance"})
+
+
+def test_identity_on_the_simulator_is_well_above_chance(tiny_cohort):
+    cases = [EvalCase(input=s, output=s, target=None) for s in _source_scans(tiny_cohort)]
+    records = SiteRemovalEvaluator().evaluate(cases)
+    assert _chance(records) == pytest.approx([1 / 3])
+    assert _bacc(records) > 0.8, _bacc(records)
+
+
+def test_outputs_equal_to_the_target_scan_are_at_chance(tiny_cohort):
+    # A perfect harmonizer: every site's scan of a subject becomes that subject's target-site scan. The
+    # classifier then sees identical features for all sites of a held-out subject: exactly 1 in k is right.
+    target = tiny_cohort.sites[0]
+    cases = [
+        EvalCase(input=s, output=tiny_cohort.find(s.subject, target), target=None) for s in _source_scans(tiny_cohort)
+    ]
+    assert _bacc(SiteRemovalEvaluator().evaluate(cases)) == pytest.approx(1 / 3)
+
+
+def test_the_same_scans_relabelled_as_sites_are_at_chance(tiny_cohort):
+    base = tiny_cohort.by_site(tiny_cohort.sites[2])
+    cases = [
+        EvalCase(input=dataclasses.replace(s, site=f"copy-{i}"), output=s, target=None) for s in base for i in range(4)
+    ]
+    records = SiteRemovalEvaluator().evaluate(cases)
+    assert _chance(records) == pytest.approx([1 / 4])
+    assert _bacc(records) == pytest.approx(1 / 4)
+
+
+def test_record_mean_is_balanced_accuracy_on_unbalanced_data(tiny_cohort):
+    # Unbalanced sites, and outputs that carry only part of the site (a weak site gain drowned in a
+    # larger per-subject gain), so that the classifier makes some mistakes.
+    scans = _source_scans(tiny_cohort)
+    keep = [s for s in scans if not (s.site == tiny_cohort.sites[1] and s.subject in tiny_cohort.subjects[:3])]
+    site_gain = {site: 1.0 + 0.03 * i for i, site in enumerate(tiny_cohort.sites)}
+    rng = np.random.default_rng(0)
+    subject_gain = {subj: rng.uniform(0.8, 1.2) for subj in tiny_cohort.subjects}
+    target = tiny_cohort.sites[0]
+    cases = []
+    for s in keep:
+        t = tiny_cohort.find(s.subject, target)
+        noise = rng.normal(0.0, 0.02 * float(t.data.max()), t.shape).astype(np.float32)
+        data = np.where(t.brain, t.data * site_gain[s.site] * subject_gain[s.subject] + noise, 0.0)
+        cases.append(EvalCase(input=s, output=t.with_data(data), target=None))
+    records = SiteRemovalEvaluator().evaluate(cases)
+    sites = [c.input.site for c in cases]
+    features = np.stack([intensity_features(c.output) for c in cases])
+    predicted = cross_validated_predictions(features, sites, [c.input.subject for c in cases])
+    expected = balanced_accuracy_score(sites, list(predicted))
+    assert 0.0 < expected < 1.0, expected
+    assert _bacc(records) == pytest.approx(expected, abs=1e-12)
+    per_scan = [r["value"] for r in records if r["metric"] == "site_bacc"]
+    assert len(per_scan) == len(cases)
+
+
+def test_shares_formula():
+    shares = balanced_accuracy_shares(["a", "a", "a", "b"], ["a", "b", "a", "a"])
+    assert shares == pytest.approx([4 / 6, 0.0, 4 / 6, 0.0])
+    assert shares.mean() == pytest.approx(balanced_accuracy_score(["a", "a", "a", "b"], ["a", "b", "a", "a"]))
+    assert balanced_accuracy_shares(["a", "b"], ["a", "b"]) == pytest.approx([1.0, 1.0])
+
+
+def test_deterministic(tiny_cohort):
+    cases = [EvalCase(input=s, output=s, target=None) for s in _source_scans(tiny_cohort)]
+    assert SiteRemovalEvaluator().evaluate(cases) == SiteRemovalEvaluator().evaluate(cases)
+
+
+def test_clear_errors(tiny_cohort):
+    one_site = [EvalCase(input=s, output=s, target=None) for s in tiny_cohort.by_site(tiny_cohort.sites[1])]
+    with pytest.raises(DataError, match="at least 2"):
+        SiteRemovalEvaluator().evaluate(one_site)
+    subject = tiny_cohort.subjects[0]
+    one_subject = [EvalCase(input=s, output=s, target=None) for s in tiny_cohort.scans if s.subject == subject]
+    with pytest.raises(DataError, match="subject"):
+        SiteRemovalEvaluator().evaluate(one_subject)
+    cases = [EvalCase(input=s, output=s, target=None) for s in _source_scans(tiny_cohort)]
+    with pytest.raises(ConfigError, match="'n_quantiles'"):
+        SiteRemovalEvaluator(n_quantiles=1).evaluate(cases)
+    with pytest.raises(ConfigError, match="'C'"):
+        SiteRemovalEvaluator(C=0).evaluate(cases)
+
+
+def test_declared_and_registered():
+    ev = SiteRemovalEvaluator()
+    assert ev.metric("site_bacc").higher_is_better is False and ev.metric("site_bacc").main
+    chance = ev.metric("site_chance")
+    assert chance.higher_is_better is None and chance.ideal is None and not chance.ranked
+    assert site_removal.harmbench_register_evaluators() == [SiteRemovalEvaluator]
+
+
+def test_conformance(tiny_cohort):
+    check_evaluator(
+        SiteRemovalEvaluator(), [EvalCase(input=s, output=s, target=None) for s in _source_scans(tiny_cohort)]
+    )
