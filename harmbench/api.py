@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from harmbench.data.scan import Cohort, Scan
-from harmbench.errors import NotFittedError, PluginError
+from harmbench.errors import ConfigError, NotFittedError, PluginError
 
 __all__ = [
     "DatasetSource",
@@ -61,6 +62,21 @@ class Meta:
     handles_unseen_sites: bool = True
     transductive: bool = False
     devices: tuple[str, ...] = ("cpu",)
+
+
+def check_number(
+    owner: str, name: str, value: Any, *, integer: bool = False, minimum: float = 0.0, strict: bool = False
+) -> None:
+    """Raise `ConfigError` naming ``owner``'s parameter ``name`` unless ``value`` is a finite number
+    (an integer if ``integer``; never a bool) that is ``>= minimum`` (``> minimum`` if ``strict``)."""
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        rel = ">" if strict else ">="
+        raise ConfigError(f"{owner}: parameter {name!r} must be {what} {rel} {minimum:g}, got {value!r}")
 
 
 def params_hash(params: Mapping[str, Any]) -> str:

@@ -60,8 +60,8 @@ _ARROWS = {"higher": "↑", "lower": "↓"}
 _TRANSDUCTIVE_NOTE = "† transductive: sees the unseen site's test scans"
 _ORACLE_NOTE = (
     "‡ oracle, not ranked: each test subject's real target-site scan scored as if it were the output — "
-    "the ceiling a perfect harmonization reaches on these metrics (for `segmentation`, the segmenter's own "
-    "score on target-site scans)"
+    "the ceiling a perfect harmonization reaches on these metrics (for a downstream model trained on the "
+    "target site, its own score on target-site scans)"
 )
 _NO_DATA = "—"
 

@@ -15,8 +15,8 @@ Guarantees (DESIGN §4):
   CUDA memory statistics on a GPU, see `harmbench.timing`) for the throughput
   evaluator;
 - an oracle row scores each test subject's real target-site scan as if it were
-  the output: the ceiling every metric can reach on this data (for the
-  segmentation evaluator, the segmenter's own score on target-site scans).
+  the output: the ceiling every metric can reach on this data (for an
+  evaluator built on a model of the target site, that model's own score).
 """
 
 from __future__ import annotations

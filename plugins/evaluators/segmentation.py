@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from harmbench import hookimpl
-from harmbench.api import EvalCase, MetricSpec, PerScanEvaluator, params_hash
+from harmbench.api import EvalCase, MetricSpec, PerScanEvaluator, check_number, params_hash
 from harmbench.data.scan import TISSUES, Cohort, Scan
 from harmbench.errors import ConfigError, DataError, PluginError
 from harmbench.nn.runtime import (
@@ -153,12 +153,6 @@ def _fingerprint(scans: Sequence[Scan]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _int_param(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"segmentation: parameter {name!r} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 class SegmentationEvaluator(PerScanEvaluator):
     """BlindHarmony's downstream segmentation (Jeong et al., ICCV 2023, arXiv 2305.10732).
 
@@ -206,13 +200,11 @@ class SegmentationEvaluator(PerScanEvaluator):
 
     # -- training --------------------------------------------------------------
     def _validate(self) -> None:
-        _int_param("seed", self.seed, 0)
-        _int_param("steps", self.steps, 1)
-        _int_param("base_channels", self.base_channels, 1)
-        _int_param("levels", self.levels, 0)
-        lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ConfigError(f"segmentation: parameter 'learning_rate' must be a positive number, got {lr!r}")
+        check_number(self.name, "seed", self.seed, integer=True, minimum=0)
+        check_number(self.name, "steps", self.steps, integer=True, minimum=1)
+        check_number(self.name, "base_channels", self.base_channels, integer=True, minimum=1)
+        check_number(self.name, "levels", self.levels, integer=True, minimum=0)
+        check_number(self.name, "learning_rate", self.learning_rate, strict=True)
         if not isinstance(self.device, str):
             raise ConfigError(f"segmentation: parameter 'device' must be a string such as 'cpu', got {self.device!r}")
         try:

@@ -39,7 +39,6 @@ that says so.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,9 +49,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from harmbench import hookimpl
-from harmbench.api import EvalCase, Evaluator, MetricSpec
+from harmbench.api import EvalCase, Evaluator, MetricSpec, check_number
 from harmbench.data.scan import Scan
-from harmbench.errors import ConfigError, DataError
+from harmbench.errors import DataError
 
 #: Lowest and highest quantile level of the features.
 QUANTILE_RANGE = (0.01, 0.99)
@@ -124,12 +123,8 @@ class SiteRemovalEvaluator(Evaluator):
         self.C = C
 
     def _validate(self) -> None:
-        n = self.n_quantiles
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-            raise ConfigError(f"site_removal: parameter 'n_quantiles' must be an integer >= 2, got {n!r}")
-        c = self.C
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
-            raise ConfigError(f"site_removal: parameter 'C' must be a positive number, got {c!r}")
+        check_number(self.name, "n_quantiles", self.n_quantiles, integer=True, minimum=2)
+        check_number(self.name, "C", self.C, strict=True)
 
     def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
         self._validate()

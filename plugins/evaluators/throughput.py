@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 
 from harmbench import hookimpl
-from harmbench.api import EvalCase, Evaluator, MetricSpec
-from harmbench.errors import ConfigError
+from harmbench.api import EvalCase, Evaluator, MetricSpec, check_number
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +102,8 @@ class ThroughputEvaluator(Evaluator):
         self.warmup = warmup
 
     def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
-        warmup = self.warmup
-        if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
-            raise ConfigError(f"throughput: parameter 'warmup' must be an integer >= 0, got {warmup!r}")
+        check_number(self.name, "warmup", self.warmup, integer=True, minimum=0)
+        warmup = int(self.warmup)
         values: dict[str, float] = {}
         fit = _finite(cases, "fit_s")
         if fit:

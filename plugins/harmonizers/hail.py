@@ -94,9 +94,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +102,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harmbench import hookimpl
-from harmbench.api import Harmonizer, Meta
+from harmbench.api import Harmonizer, Meta, check_number
 from harmbench.data.scan import Cohort, Scan
 from harmbench.errors import ConfigError, DataError, PluginError
 from harmbench.nn.blocks import ConvBlock3d, UpBlock3d, adain, downsample_mask, mean_std, style_loss
@@ -224,17 +222,6 @@ def _masked_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (err * mask).sum(dim=dims) / count
 
 
-def _number(name: str, value: Any, *, integer: bool = False, minimum: float = 0.0, strict: bool = False) -> None:
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok:
-        ok = value > minimum if strict else value >= minimum
-    if not ok:
-        what = "an integer" if integer else "a finite number"
-        rel = ">" if strict else ">="
-        raise ConfigError(f"hail: parameter {name!r} must be {what} {rel} {minimum:g}, got {value!r}")
-
-
 # -- the harmonizer ------------------------------------------------------------------------------------------------
 
 
@@ -306,24 +293,24 @@ class HAILHarmonizer(Harmonizer):
         return 2 ** (self.levels - 1)
 
     def _validate(self) -> torch.device:
-        _number("channels", self.channels, integer=True, minimum=1)
-        _number("levels", self.levels, integer=True, minimum=1)
+        check_number("hail", "channels", self.channels, integer=True, minimum=1)
+        check_number("hail", "levels", self.levels, integer=True, minimum=1)
         if self.levels > MAX_LEVELS:
             raise ConfigError(f"hail: parameter 'levels' must be at most {MAX_LEVELS}, got {self.levels!r}")
         for name in ("patch_size", "pretrain_patch_size"):
             value = getattr(self, name)
-            _number(name, value, integer=True, minimum=1)
+            check_number("hail", name, value, integer=True, minimum=1)
             if value % self._stride or value < 4 * self._stride:
                 raise ConfigError(
                     f"hail: parameter {name!r} must be a multiple of the network stride {self._stride} "
                     f"(2^(levels-1)) and at least {4 * self._stride}, got {value!r}"
                 )
-        _number("batch_size", self.batch_size, integer=True, minimum=1)
-        _number("pretrain_steps", self.pretrain_steps, integer=True, minimum=0)
-        _number("style_steps", self.style_steps, integer=True, minimum=0)
-        _number("learning_rate", self.learning_rate, minimum=0.0, strict=True)
+        check_number("hail", "batch_size", self.batch_size, integer=True, minimum=1)
+        check_number("hail", "pretrain_steps", self.pretrain_steps, integer=True, minimum=0)
+        check_number("hail", "style_steps", self.style_steps, integer=True, minimum=0)
+        check_number("hail", "learning_rate", self.learning_rate, minimum=0.0, strict=True)
         for name in ("content_weight", "style_weight", "consistency_weight"):
-            _number(name, getattr(self, name), minimum=0.0)
+            check_number("hail", name, getattr(self, name), minimum=0.0)
         weights = (self.content_weight, self.style_weight, self.consistency_weight)
         if self.style_steps > 0 and not any(weights):
             raise ConfigError(
