@@ -26,6 +26,7 @@ from harmbench.data.scan import Cohort, Scan
 from harmbench.errors import ConfigError, NotFittedError, PluginError
 
 __all__ = [
+    "AXES",
     "DatasetSource",
     "EvalCase",
     "Evaluator",
@@ -51,6 +52,12 @@ class Meta:
     runner then calls ``adapt`` with all of a site's test scans before
     transforming any of them.
     ``devices``: the torch device kinds it can run on.
+    ``stochastic``: ``fit`` draws from its ``rng`` (weight initialisation, batches), so its result depends
+    on the seed; the runner fits it once per seed of the suite (``seeds``) and the leaderboard shows the
+    between-seed spread. Deterministic methods are fitted once.
+    ``target_agnostic``: the fitted model does not depend on which site is the target (e.g. one model
+    for all sites, told the target at transform time); the runner keys its model cache on the training
+    data only, so one fit serves every target.
     """
 
     name: str
@@ -62,6 +69,12 @@ class Meta:
     handles_unseen_sites: bool = True
     transductive: bool = False
     devices: tuple[str, ...] = ("cpu",)
+    stochastic: bool = False
+    target_agnostic: bool = False
+
+
+#: The axes a leaderboard ranks on, in display order; a metric names at most one (`MetricSpec.axis`).
+AXES: tuple[str, ...] = ("intensity", "fidelity", "anatomy", "downstream", "site")
 
 
 def check_number(
@@ -150,6 +163,9 @@ class Harmonizer(_Parametrised, ABC):
 
     #: torch device string the runner asks for; plugins that ignore it run on CPU.
     device: str = "cpu"
+    #: Folder the runner gives a fit for its own training checkpoints (None: do not checkpoint). A long fit
+    #: killed part-way resumes from there, since the runner's model cache is written only after ``fit``.
+    checkpoint_dir: Path | None = None
 
     @abstractmethod
     def fit(
@@ -165,6 +181,13 @@ class Harmonizer(_Parametrised, ABC):
     @abstractmethod
     def transform(self, scan: Scan, reference: Scan | None = None) -> Scan:
         """Harmonize one scan to the target site."""
+
+    def fit_info(self) -> dict[str, int | float | str]:
+        """Facts about the fitted model worth keeping with its results (e.g. ``n_parameters``); default none.
+
+        The runner stores them in the model cache and in every result row's ``fit_info`` column (JSON).
+        """
+        return {}
 
     def adapt(self, scans: Sequence[Scan]) -> Harmonizer:
         """Transductive step (only for ``meta.transductive``): see every test scan of one site
@@ -242,6 +265,7 @@ class MetricSpec:
     but never ranked. ``main`` metrics get a leaderboard column.
     ``device_dependent`` metrics (timings, memory) are only comparable on one
     device, so the leaderboard gives each device its own column.
+    ``axis``: the ranking axis (one of `AXES`) this metric stands for on the summary board, or None.
     """
 
     name: str
@@ -251,6 +275,11 @@ class MetricSpec:
     main: bool = True
     description: str = ""
     device_dependent: bool = False
+    axis: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.axis is not None and self.axis not in AXES:
+            raise ValueError(f"metric {self.name!r}: axis {self.axis!r} is not one of {', '.join(AXES)}")
 
     @property
     def ranked(self) -> bool:

@@ -101,6 +101,20 @@ class SplitData:
     def target_pool(self) -> list[Scan]:
         return self.train.by_site(self.split.target_site)
 
+    def target_only_train(self) -> Cohort:
+        """Training data of a target-only method (``meta.needs_source_sites=False``): every target-site scan of
+        every non-test subject.
+
+        The unpaired assignment gives each training subject one seen site, so a method that looks at the
+        target site alone would see only 1/(number of seen sites) of the training subjects. Such a method
+        never sees a source-site scan, so no same-subject pair can reach it: it gets all of them.
+        """
+        test_subjects = set(self.split.test_subjects)
+        target = self.split.target_site
+        return self.cohort.filter(
+            lambda s: s.site == target and s.subject not in test_subjects, name=f"{self.cohort.name}:train[{target}]"
+        )
+
 
 def make_split(
     cohort: Cohort,

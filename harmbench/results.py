@@ -36,9 +36,13 @@ COLUMNS: tuple[str, ...] = (
     "unit",
     "main",
     "device_dependent",
+    "axis",
     "transductive",
     "seed",
     "device",
+    "n_train",
+    "n_train_target",
+    "fit_info",
     "harmbench_version",
     "harmonizer_version",
     "evaluator_version",
@@ -80,6 +84,10 @@ def to_frame(records: Iterable[dict]) -> pd.DataFrame:
     frame["transductive"] = frame["transductive"].astype(bool)
     frame["device_dependent"] = frame["device_dependent"].fillna(False).astype(bool)
     frame["role"] = frame["role"].fillna("method").astype(str)
+    frame["axis"] = frame["axis"].fillna("").astype(str)
+    frame["n_train"] = frame["n_train"].astype(float)
+    frame["n_train_target"] = frame["n_train_target"].astype(float)
+    frame["fit_info"] = frame["fit_info"].fillna("").astype(str)
     return frame
 
 

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import logging
+import shutil
 import signal
 import threading
 import traceback
@@ -167,6 +168,8 @@ class Runner:
         self.dataset = self._dataset()
         self._cohort: Cohort | None = None
         self._evaluators: dict[str, Evaluator] = {}
+        #: harmonizer label → what its fit recorded (training-set sizes, ``fit_info``), for the result rows
+        self._fit_provenance: dict[str, dict[str, Any]] = {}
         self.device = resolve_run_device(suite.device)
         if suite.oracle and ORACLE in self.harmonizer_classes:
             raise ConfigError(f"the harmonizer label {ORACLE!r} is reserved for the oracle row; rename it in the suite")
@@ -269,6 +272,9 @@ class Runner:
             "transductive": bool(h_meta.transductive) if h_meta else False,
             "seed": self.suite.seed,
             "device": device,
+            **self._fit_provenance.get(
+                cell.harmonizer.label, {"n_train": np.nan, "n_train_target": np.nan, "fit_info": ""}
+            ),
             "harmbench_version": harmbench.__version__,
             "harmonizer_version": h_meta.version if h_meta else harmbench.__version__,
             "evaluator_version": e_cls.version,
@@ -283,6 +289,7 @@ class Runner:
             "unit": spec.unit,
             "main": bool(spec.main),
             "device_dependent": bool(spec.device_dependent),
+            "axis": spec.axis or "",
         }
 
     def _status_cell(self, cell: Cell, status: str, reason: str, device: str, started: str) -> None:
@@ -328,21 +335,37 @@ class Runner:
             try:
                 harmonizer.load(model_dir)
                 recorded = json.loads(fit_record.read_text())
+                self._record_fit(component.label, recorded)
                 return harmonizer, {"fit_s": float(recorded["fit_s"]), "peak_mem_mb": float(recorded["peak_mem_mb"])}
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("cached model %s is unreadable (%s); refitting", model_dir, exc)
-        train = data.train
-        if not h_cls.meta.needs_source_sites:
-            train = train.filter(lambda s: s.site == data.target_site, name=f"{train.name}:target")
+        # a target-only method sees no source scan, so it may have every target-site training scan
+        train = data.train if h_cls.meta.needs_source_sites else data.target_only_train()
+        harmonizer.checkpoint_dir = model_dir / "checkpoint"
         rng = np.random.default_rng(self.suite.seed)
         with time_limit(self.suite.cell_timeout_s, f"fit of {component.label}"), measure(device) as fit:
             returned = harmonizer.fit(train, data.target_site, data.reference, rng=rng)
         if returned is not harmonizer:
             raise PluginError(f"harmonizer {component.label!r}: fit() must return self")
         harmonizer.save(model_dir)
-        stats = {"fit_s": fit.seconds, "peak_mem_mb": fit.peak_mem_mb}
-        atomic_write_text(fit_record, json.dumps(stats))
-        return harmonizer, stats
+        stats = {
+            "fit_s": fit.seconds,
+            "peak_mem_mb": fit.peak_mem_mb,
+            "n_train": len(train),
+            "n_train_target": len(train.by_site(data.target_site)),
+            "fit_info": dict(harmonizer.fit_info()),
+        }
+        atomic_write_text(fit_record, json.dumps(stats, sort_keys=True))
+        shutil.rmtree(harmonizer.checkpoint_dir, ignore_errors=True)  # the fit finished: nothing to resume
+        self._record_fit(component.label, stats)
+        return harmonizer, {"fit_s": fit.seconds, "peak_mem_mb": fit.peak_mem_mb}
+
+    def _record_fit(self, label: str, recorded: dict[str, Any]) -> None:
+        self._fit_provenance[label] = {
+            "n_train": float(recorded.get("n_train", np.nan)),
+            "n_train_target": float(recorded.get("n_train_target", np.nan)),
+            "fit_info": json.dumps(recorded.get("fit_info", {}), sort_keys=True),
+        }
 
     def _transform_all(
         self,

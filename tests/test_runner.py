@@ -121,10 +121,46 @@ class Transductive(_Base):
         return scan
 
 
+class TargetOnlyRecorder(_Base):
+    """Target-only; remembers the training scans it was given and reports them through ``fit_info``."""
+
+    meta = Meta(name="target-only-recorder", version="0", citation="-", needs_source_sites=False)
+    seen: ClassVar[list] = []
+
+    def fit(self, train, target_site, reference=None, *, rng=None):
+        type(self).seen = [s.key for s in train]
+        self.n_ = np.array(len(train))
+        self.fitted_ = True
+        return self
+
+    def fit_info(self):
+        return {"n_parameters": 7, "kind": "recorder"}
+
+    def transform(self, scan, reference=None):
+        return scan.with_data(scan.data.copy())
+
+    def get_state(self):
+        return {"n": self.n_}
+
+    def set_state(self, state):
+        self.n_ = state["n"]
+        return self
+
+
 class TestPlugin:
     @hookimpl
     def harmbench_register_harmonizers(self):
-        return [Raises, ReturnsNaN, WrongShape, FitFails, SeenOnly, CountingFits, Hangs, Transductive]
+        return [
+            Raises,
+            ReturnsNaN,
+            WrongShape,
+            FitFails,
+            SeenOnly,
+            CountingFits,
+            Hangs,
+            Transductive,
+            TargetOnlyRecorder,
+        ]
 
 
 @pytest.fixture
@@ -339,3 +375,30 @@ def test_cuda_request_without_a_gpu_runs_on_the_cpu_and_records_it(tmp_path, cap
     assert runner.device == "cpu" and "no CUDA device" in caplog.text
     results = pd.read_parquet(runner.run().results_path)
     assert set(results["device"]) == {"cpu"}
+
+
+def test_target_only_methods_get_every_target_site_training_scan_and_provenance_is_kept(tmp_path, registry):
+    suite = tiny_suite(harmonizers=("target-only-recorder", "counting"), evaluators=("wasserstein",))
+    runner = Runner(suite, tmp_path, registry=registry, progress=False)
+    report = runner.run()
+    split = report.split
+    test_subjects = set(split.test_subjects)
+    expected = sorted(
+        f"{subject}_{split.target_site}" for subject in runner.cohort().subjects if subject not in test_subjects
+    )
+    assert sorted(TargetOnlyRecorder.seen) == expected
+    # more than the unpaired assignment would have given it: one seen site per training subject
+    assert len(expected) > sum(site == split.target_site for _, site in split.assignment)
+    results = pd.read_parquet(report.results_path)
+    recorder = results[results["harmonizer"] == "target-only-recorder"]
+    assert set(recorder["n_train"]) == {float(len(expected))} == set(recorder["n_train_target"])
+    assert set(recorder["fit_info"]) == {json.dumps({"kind": "recorder", "n_parameters": 7})}
+    counting = results[results["harmonizer"] == "counting"]
+    assert set(counting["n_train"]) == {float(len(split.assignment))}
+    assert set(results.loc[results["metric"] == "nwd_tp", "axis"]) <= {"", "intensity"}
+    # the provenance survives a re-run that loads the model from the cache
+    (tmp_path / "results.parquet").unlink()
+    for cell in (tmp_path / "cells").glob("*target-only-recorder*"):
+        cell.unlink()
+    again = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    assert set(again.loc[again["harmonizer"] == "target-only-recorder", "n_train"]) == {float(len(expected))}
