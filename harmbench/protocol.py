@@ -161,9 +161,10 @@ def make_split(
         options = [site for site in seen if site in sites_of[subject]]
         if not options:
             continue  # scanned at unseen sites only: never used for training
-        # least-loaded seen site keeps training sites balanced; the target wins ties (it must hold the
-        # reference), then seen-site order
-        site = min(options, key=lambda s: (load[s], s != target_site, seen.index(s)))
+        # the least-loaded seen site keeps training sites balanced; ties go by seen-site order. The target is
+        # not preferred: the assignment must not depend on which site is the target, so that a model that
+        # does not depend on the target either (meta.target_agnostic) is fitted once for every target.
+        site = min(options, key=lambda s: (load[s], seen.index(s)))
         load[site] += 1
         assignment.append((subject, site))
     assignment.sort(key=lambda pair: subjects.index(pair[0]))

@@ -61,3 +61,11 @@ def test_own_dataset_with_traveling_subjects(tiny_cohort):
     cohort = Cohort(scans, name="mine")
     split = make_split(cohort, sites[0])
     assert set(split.test_subjects) == set(travelers)
+
+
+def test_assignment_does_not_depend_on_the_target_site(tiny_cohort):
+    sites = tiny_cohort.sites
+    a = make_split(tiny_cohort, sites[0], sites[-2:], n_test_subjects=2, seed=3)
+    b = make_split(tiny_cohort, sites[1], sites[-2:], n_test_subjects=2, seed=3)
+    assert a.assignment == b.assignment and a.test_subjects == b.test_subjects
+    assert a.reference_subject != b.reference_subject or a.target_site == b.target_site
