@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 
 TISSUES: dict[int, str] = {1: "csf", 2: "gm", 3: "wm"}
+#: Session name of a scan-rescan repeat: the same subject scanned again at the same site (new noise, new
+#: head position). Rescans are the scan-rescan ceiling of the metrics; they never enter training or testing.
+RESCAN_SESSION = "rescan"
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,10 +123,21 @@ class Cohort:
         return Cohort([s for s in self.scans if keep(s)], name=name or self.name)
 
     def find(self, subject: str, site: str) -> Scan | None:
+        """The subject's first scan at ``site`` that is not a rescan (None if there is none)."""
         for s in self.scans:
-            if s.subject == subject and s.site == site:
+            if s.subject == subject and s.site == site and s.session != RESCAN_SESSION:
                 return s
         return None
+
+    def find_rescan(self, subject: str, site: str) -> Scan | None:
+        """The subject's rescan (``session == RESCAN_SESSION``) at ``site``, or None."""
+        for s in self.scans:
+            if s.subject == subject and s.site == site and s.session == RESCAN_SESSION:
+                return s
+        return None
+
+    def without_rescans(self) -> Cohort:
+        return self.filter(lambda s: s.session != RESCAN_SESSION)
 
     def traveling_subjects(self) -> list[str]:
         """Subjects scanned at two or more sites (the traveling subjects)."""
