@@ -293,7 +293,9 @@ class EvalCase:
     ``target`` is the same subject's scan at the target site (traveling
     subject) or ``None``; ``target_pool`` holds target-site training scans for
     metrics that fall back to the site's pooled distribution; ``timing`` holds
-    the runner's measurements (``fit_s``, ``transform_s``, ``peak_mem_mb``).
+    the runner's measurements (``fit_s``, ``transform_s``, ``peak_mem_mb``); ``rescan`` is the same subject's
+    second target-site scan (a scan-rescan repeat, the ceiling a harmonized scan is read against) or ``None``
+    where the data has none.
     """
 
     input: Scan
@@ -301,6 +303,7 @@ class EvalCase:
     target: Scan | None
     target_pool: Sequence[Scan] = ()
     timing: Mapping[str, float] = field(default_factory=dict)
+    rescan: Scan | None = None
 
 
 class Evaluator(_Parametrised, ABC):

@@ -515,6 +515,7 @@ class Runner:
                     output=out,
                     target=data.paired_target(scan),
                     target_pool=data.target_pool(),
+                    rescan=data.rescan_of(scan),
                     timing={
                         "fit_s": fit_stats["fit_s"],
                         "transform_s": t,
