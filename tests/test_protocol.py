@@ -89,4 +89,4 @@ def test_rescans_never_train_or_test_and_are_found_for_the_ceiling(tiny_cohort):
         assert rescan is not None and rescan.session == RESCAN_SESSION
         assert (rescan.subject, rescan.site) == (scan.subject, target)
         assert data.paired_target(scan).session != RESCAN_SESSION
-    assert SplitData(split, tiny_cohort).rescan_of(data.scenario_scans("seen")[0]) is None
+    assert SplitData(split, first_sessions).rescan_of(data.scenario_scans("seen")[0]) is None
