@@ -339,7 +339,7 @@ class Runner:
         if self._cohort is None:
             log.info("loading dataset %s", self.dataset_label)
             # read-only, so no plugin can change what the next one sees
-            self._cohort = validate_cohort(self.dataset.load()).make_read_only()
+            self._cohort = validate_cohort(self.dataset.load()).read_only()
         return self._cohort
 
     def resolve_split(self, *, write: bool = True) -> Split:
@@ -558,7 +558,7 @@ class Runner:
                 times.append(one.seconds)
                 peak = max(peak, one.peak_mem_mb)
                 # read-only, like the inputs: evaluators must not change what the next evaluator sees
-                outputs.append(check_output(component.label, scan, output).make_read_only())
+                outputs.append(check_output(component.label, scan, output).read_only())
         return outputs, times, peak
 
     def _image_path(self, scenario: str, label: str, scan: Scan) -> Path:
