@@ -75,7 +75,8 @@ def test_leaderboard_errors_are_one_line(tmp_path, kind):
         from harmbench.results import to_frame
 
         row = {"dataset": "d", "scenario": "seen", "harmonizer": "h", "evaluator": "e", "metric": "m", "value": 1.0}
-        row |= {"status": "ok", "higher_is_better": "higher", "main": True, "transductive": False, "seed": 0, "device_dependent": False}
+        row |= {"status": "ok", "higher_is_better": "higher", "main": True, "transductive": False, "seed": 0}
+        row |= {"device_dependent": False}
         to_frame([{**row, "suite": "a"}, {**row, "suite": "b"}]).to_parquet(folder / "results.parquet")
     proc = run_cli("leaderboard", str(folder))
     needle = {
