@@ -305,7 +305,12 @@ class Runner:
             cls = self.registry.dataset(name)
             if "seed" in cls._param_names() and "seed" not in params:
                 params["seed"] = self.suite.seed
-            return self._instantiate(cls, Component(label=name, plugin=name, params=params), "dataset")
+            dataset = self._instantiate(cls, Component(label=name, plugin=name, params=params), "dataset")
+            try:
+                dataset.validate_params()
+            except (TypeError, ValueError, HarmbenchError) as exc:
+                raise ConfigError(f"{self._where('dataset')} {_reason(exc)}") from exc
+            return dataset
         if Path(name).exists():
             return LocalDataset(name)
         if "/" in name or name.endswith((".csv", ".tsv")):
@@ -589,7 +594,8 @@ class Runner:
         e_cls = self.evaluator_classes[cell.evaluator.label]
         declared = {m.name for m in e_cls.metrics}
         try:
-            evaluator = self._evaluator(cell.evaluator, data)
+            with time_limit(self.suite.cell_timeout_s, f"prepare of evaluator {cell.evaluator.label}"):
+                evaluator = self._evaluator(cell.evaluator, data)
             with time_limit(self.suite.cell_timeout_s, f"evaluator {cell.evaluator.label}"):
                 records = check_records(cell.evaluator.label, evaluator.evaluate(cases), declared)
         except PLUGIN_FAILURES as exc:  # isolation: the reason goes into the results, the traceback under errors/
