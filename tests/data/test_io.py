@@ -137,7 +137,7 @@ def test_bids_rescans_come_back_as_sessions(tiny_cohort, tmp_path):
     sessions = pd.read_csv(tmp_path / "bids" / subject / f"{subject}_sessions.tsv", sep="\t", dtype=str)
     assert "rescan" in set(sessions["session"])
     back = load_bids(tmp_path / "bids", progress=False)
-    rescan = [s for s in back if s.session == "rescan"]
+    rescan = [s for s in back if s.session == "rescan" and s.subject == subject]
     assert len(rescan) == 1
     original = tiny_cohort.find_rescan(subject, rescan[0].site)
     np.testing.assert_array_equal(rescan[0].data, original.data)
