@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         "suite", nargs="?", help="suite TOML file, or a built-in suite's name: default, throughput (default: default)"
     )
     run.add_argument("--dataset", help="registered dataset name, or a BIDS-like folder / CSV manifest path")
-    run.add_argument("--profile", choices=["quick", "standard", "full"], help="simulator profile (simulated data)")
+    run.add_argument(
+        "--profile", choices=["quick", "default", "standard", "full"], help="simulator profile (simulated data)"
+    )
     run.add_argument("--target-site", help="site every scan is harmonized to (default: the dataset's)")
     run.add_argument("--unseen-sites", type=_csv, help="comma-separated sites held out of training")
     run.add_argument("--harmonizers", help="comma-separated harmonizer names (replaces the suite's list)")
@@ -73,10 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
     synth = data_sub.add_parser("synth", help="write the simulated cohort as a BIDS-like folder")
     synth.add_argument("out", type=Path, help="folder to create")
-    synth.add_argument("--profile", default="quick", choices=["quick", "standard", "full"], help="default: quick")
+    synth.add_argument(
+        "--profile", default="quick", choices=["quick", "default", "standard", "full"], help="default: quick"
+    )
     synth.add_argument("--seed", type=int, default=0, help="default: 0")
     synth.add_argument("--subjects", type=int, help="number of subjects (default: the profile's)")
     synth.add_argument("--sites-file", type=Path, help="TOML with extra or replacement sites")
+    effects = data_sub.add_parser(
+        "effects", help="how much of the site gap each simulated scanner effect accounts for (one seed)"
+    )
+    effects.add_argument("--profile", default="default", help="simulator profile (default: default)")
+    effects.add_argument("--seed", type=int, default=0, help="default: 0")
+    effects.add_argument("--subjects", type=int, default=4, help="subjects averaged over (default: 4)")
     return parser
 
 
@@ -172,8 +182,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "effects":
+        from harmbench.data.effects import effect_ablation, format_table
+
+        table = effect_ablation(args.profile, args.seed, n_subjects=args.subjects)
+        sys.stdout.write(format_table(table) + "\n")
+        return 0
     if args.data_command != "synth":
-        raise HarmbenchError("usage: harmbench data synth OUT")
+        raise HarmbenchError("usage: harmbench data synth OUT | harmbench data effects")
     from harmbench.data.io import write_bids
     from harmbench.data.sim import load_sites, simulate_cohort
 
