@@ -1,7 +1,7 @@
 """The ``harmbench`` command line.
 
 Errors a user can act on print as one line ``harmbench: error: …`` and exit 2;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. A run in which any cell failed exits 1.
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cell-timeout", type=float, help="seconds after which a plugin's fit/transform/evaluate fails")
     run.add_argument(
         "--no-oracle", action="store_true", help="leave out the oracle row (the real target-site scan as output)"
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (cells cached or to compute, models to fit or reuse) and exit without computing",
     )
 
     lst = sub.add_parser("list", help="list registered harmonizers, evaluators or datasets")
@@ -122,12 +127,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = suite.replace(**changes)
     out = args.out or Path("leaderboards") / suite.name
     runner = Runner(suite, out, progress=not args.quiet, save_images=args.save_images, retry_failed=args.retry_failed)
+    if args.dry_run:
+        sys.stdout.write(runner.dry_run().render())
+        return 0
     report = runner.run()
     log.info("%d cells, %d computed now, %d failed", report.cells_total, report.cells_computed, report.cells_failed)
     for failure in report.failures:
         log.warning("failed: %s", failure)
     sys.stdout.write(f"leaderboard: {report.leaderboards['md']}\n")
     sys.stdout.write(f"results:     {report.results_path}\n")
+    if report.cells_failed:
+        sys.stderr.write(
+            f"harmbench: {report.cells_failed} of {report.cells_total} cells failed; the reasons are in the "
+            f"leaderboard, the tracebacks under {out / 'errors'} (--retry-failed recomputes them)\n"
+        )
+        return EXIT_FAILED_CELLS
     return 0
 
 
@@ -219,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except HarmbenchError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"harmbench: error: {exc}\n")
+        return EXIT_ERROR
+    except OSError as exc:  # the file system refused (permissions, disk full, a path that is a file): say which
         if args.debug:
             raise
         sys.stderr.write(f"harmbench: error: {exc}\n")
