@@ -370,9 +370,8 @@ class BlindHarmonyHarmonizer(Harmonizer):
             "steps": int(self.train_steps),
         }
         if hasattr(self, "n_train_slices_"):
-            info.update(
-                n_train_scans=self.n_train_scans_, n_train_slices=self.n_train_slices_, final_bits_per_dim=self.final_bpd_
-            )
+            info.update(n_train_scans=self.n_train_scans_, n_train_slices=self.n_train_slices_)
+            info["final_bits_per_dim"] = self.final_bpd_
         return info
 
     # -- likelihood and transform ----------------------------------------------------------------------------------
@@ -382,7 +381,7 @@ class BlindHarmonyHarmonizer(Harmonizer):
         of the target site)."""
         self.check_is_fitted()
         data, brain, _ = normalise(scan)
-        slices, keep = self._slices(data, brain)
+        slices, _ = self._slices(data, brain)
         padded, _ = pad_to_multiple_2d(slices, self._multiple)
         x = quantize_centre(padded, NUM_BITS)
         n_dims = int(x.shape[-1] * x.shape[-2])
