@@ -124,6 +124,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
+def _config_reason(exc: BaseException) -> str:
+    """A plugin's own parameter error as it wrote it; anything else with its exception type."""
+    if isinstance(exc, HarmbenchError):
+        return (str(exc).strip().splitlines() or [""])[0][:500]
+    return _reason(exc)
+
+
 #: Keys every evaluator record must have.
 RECORD_KEYS = ("subject", "site", "metric", "value")
 
@@ -273,7 +280,7 @@ class Runner:
         try:
             return cls(**component.params)
         except (TypeError, ValueError, HarmbenchError) as exc:
-            raise ConfigError(f"{where} {_reason(exc)}") from exc
+            raise ConfigError(f"{where} {_config_reason(exc)}") from exc
 
     def _validate_components(self) -> None:
         """Instantiate every harmonizer and evaluator and run its ``validate_params`` hook, before any data
@@ -291,7 +298,7 @@ class Runner:
                 try:
                     instance.validate_params()
                 except (TypeError, ValueError, HarmbenchError) as exc:
-                    raise ConfigError(f"{self._where(table)} {_reason(exc)}") from exc
+                    raise ConfigError(f"{self._where(table)} {_config_reason(exc)}") from exc
 
     def _versions(self, kind: str, component: Component) -> list[str]:
         """Versions a cached result depends on: harmbench's and the plugin's distribution (where known)."""
@@ -309,7 +316,7 @@ class Runner:
             try:
                 dataset.validate_params()
             except (TypeError, ValueError, HarmbenchError) as exc:
-                raise ConfigError(f"{self._where('dataset')} {_reason(exc)}") from exc
+                raise ConfigError(f"{self._where('dataset')} {_config_reason(exc)}") from exc
             return dataset
         if Path(name).exists():
             return LocalDataset(name)
