@@ -1,6 +1,6 @@
 """Real data in and out: NIfTI volumes, CSV manifests, BIDS-like folders, validation.
 
-Scans are assumed skull-stripped and already in one common space (DESIGN §3);
+Scans are assumed skull-stripped and already in one common space (docs/design.md §3);
 anything else is refused with a message that names the offending file.
 """
 
@@ -112,7 +112,7 @@ def check_scan(scan: Scan) -> None:
 
 
 def validate_cohort(cohort: Cohort, *, min_scans_per_site: int = MIN_SCANS_PER_SITE) -> Cohort:
-    """Cohort-level checks (DESIGN §3): one common grid, enough scans per site. Returns the cohort."""
+    """Cohort-level checks (docs/design.md §3): one common grid, enough scans per site. Returns the cohort."""
     if len(cohort) == 0:
         raise DataError(f"dataset {cohort.name!r} has no scans")
     first = cohort.scans[0]

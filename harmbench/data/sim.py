@@ -1,4 +1,4 @@
-"""`harmbench-sim`: a simulated traveling-subject cohort (DESIGN §3).
+"""`harmbench-sim`: a simulated traveling-subject cohort (docs/design.md §3).
 
 Anatomy comes from the MNI152 2009 template that nilearn ships inside its
 wheel (GM and WM probability maps and the brain mask; CSF = mask − GM − WM,

@@ -33,7 +33,7 @@ def _package_version(name: str) -> str:
 
 
 class SimulatedDataset(DatasetSource):
-    """MNI152-based traveling subjects scanned at every simulated site (DESIGN §3).
+    """MNI152-based traveling subjects scanned at every simulated site (docs/design.md §3).
 
     ``profile``: ``quick`` (4 mm, 16 subjects), ``default`` (3 mm, 64: what
     ``harmbench run`` uses), ``standard`` (2 mm, 24) or ``full`` (1 mm, 40);
