@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import harmbench
-from harmbench.errors import HarmbenchError
+from harmbench.errors import DataError, HarmbenchError
 
 log = logging.getLogger("harmbench")
 
@@ -233,7 +233,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     results = read_results(args.dir)
     seed = args.seed if args.seed is not None else (int(results["seed"].iloc[0]) if len(results) else 0)
     suite = str(results["suite"].iloc[0]) if len(results) else args.dir.name
-    paths = write_leaderboards(results, args.dir, seed=seed, title=f"harmbench leaderboard: {suite}")
+    try:
+        paths = write_leaderboards(results, args.dir, seed=seed, title=f"harmbench leaderboard: {suite}")
+    except ValueError as exc:  # the table is readable but not one leaderboard's worth (mixed suites, bad values)
+        raise DataError(f"{args.dir / 'results.parquet'}: cannot build a leaderboard ({exc})") from exc
     sys.stdout.write(f"leaderboard: {paths['md']}\n")
     return 0
 

@@ -124,6 +124,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
+def _config_reason(exc: BaseException) -> str:
+    """A plugin's own parameter error as it wrote it; anything else with its exception type."""
+    if isinstance(exc, HarmbenchError):
+        return (str(exc).strip().splitlines() or [""])[0][:500]
+    return _reason(exc)
+
+
 #: Keys every evaluator record must have.
 RECORD_KEYS = ("subject", "site", "metric", "value")
 
@@ -273,7 +280,7 @@ class Runner:
         try:
             return cls(**component.params)
         except (TypeError, ValueError, HarmbenchError) as exc:
-            raise ConfigError(f"{where} {_reason(exc)}") from exc
+            raise ConfigError(f"{where} {_config_reason(exc)}") from exc
 
     def _validate_components(self) -> None:
         """Instantiate every harmonizer and evaluator and run its ``validate_params`` hook, before any data
@@ -291,7 +298,7 @@ class Runner:
                 try:
                     instance.validate_params()
                 except (TypeError, ValueError, HarmbenchError) as exc:
-                    raise ConfigError(f"{self._where(table)} {_reason(exc)}") from exc
+                    raise ConfigError(f"{self._where(table)} {_config_reason(exc)}") from exc
 
     def _versions(self, kind: str, component: Component) -> list[str]:
         """Versions a cached result depends on: harmbench's and the plugin's distribution (where known)."""
@@ -305,7 +312,12 @@ class Runner:
             cls = self.registry.dataset(name)
             if "seed" in cls._param_names() and "seed" not in params:
                 params["seed"] = self.suite.seed
-            return self._instantiate(cls, Component(label=name, plugin=name, params=params), "dataset")
+            dataset = self._instantiate(cls, Component(label=name, plugin=name, params=params), "dataset")
+            try:
+                dataset.validate_params()
+            except (TypeError, ValueError, HarmbenchError) as exc:
+                raise ConfigError(f"{self._where('dataset')} {_config_reason(exc)}") from exc
+            return dataset
         if Path(name).exists():
             return LocalDataset(name)
         if "/" in name or name.endswith((".csv", ".tsv")):
@@ -339,7 +351,7 @@ class Runner:
         if self._cohort is None:
             log.info("loading dataset %s", self.dataset_label)
             # read-only, so no plugin can change what the next one sees
-            self._cohort = validate_cohort(self.dataset.load()).make_read_only()
+            self._cohort = validate_cohort(self.dataset.load()).read_only()
         return self._cohort
 
     def resolve_split(self, *, write: bool = True) -> Split:
@@ -558,7 +570,7 @@ class Runner:
                 times.append(one.seconds)
                 peak = max(peak, one.peak_mem_mb)
                 # read-only, like the inputs: evaluators must not change what the next evaluator sees
-                outputs.append(check_output(component.label, scan, output).make_read_only())
+                outputs.append(check_output(component.label, scan, output).read_only())
         return outputs, times, peak
 
     def _image_path(self, scenario: str, label: str, scan: Scan) -> Path:
@@ -589,7 +601,8 @@ class Runner:
         e_cls = self.evaluator_classes[cell.evaluator.label]
         declared = {m.name for m in e_cls.metrics}
         try:
-            evaluator = self._evaluator(cell.evaluator, data)
+            with time_limit(self.suite.cell_timeout_s, f"prepare of evaluator {cell.evaluator.label}"):
+                evaluator = self._evaluator(cell.evaluator, data)
             with time_limit(self.suite.cell_timeout_s, f"evaluator {cell.evaluator.label}"):
                 records = check_records(cell.evaluator.label, evaluator.evaluate(cases), declared)
         except PLUGIN_FAILURES as exc:  # isolation: the reason goes into the results, the traceback under errors/
