@@ -18,7 +18,7 @@ or gets one pass/fail result per check, as ``harmbench check NAME`` prints them:
 
 Every check raises ``AssertionError`` whose message starts with ``[check_name]``
 and names the plugin, so a failing test says which part of the contract
-(``harmbench.api``, DESIGN §2) was broken. Each check is also public so that a
+(``harmbench.api``, docs/design.md §2) was broken. Each check is also public so that a
 failure can be reproduced on its own.
 
 Harmonizer checks never mutate the instance they are given: they work on fresh
