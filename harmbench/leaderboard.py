@@ -1,7 +1,7 @@
 """Tidy results → leaderboards (Markdown, CSV, JSON), byte-stable for a seed.
 
 The input is the runner's tidy long table (one row per metric per test scan,
-see DESIGN.md §4). Everything here is a pure function of that table and the
+see docs/design.md §4). Everything here is a pure function of that table and the
 seed: timestamps and other provenance never reach a leaderboard, floats are
 rounded to 6 significant digits before they are written, bootstrap generators
 are seeded with ``hashlib`` (Python's ``hash`` is salted per process), and all

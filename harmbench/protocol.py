@@ -1,4 +1,4 @@
-"""The evaluation protocol (DESIGN §4): sites → train/test split → scenarios.
+"""The evaluation protocol (docs/design.md §4): sites → train/test split → scenarios.
 
 - Sites split into *seen* (training) and *unseen*; the target site is seen.
 - Test subjects are traveling subjects (scanned at the target site and at
@@ -6,6 +6,8 @@
 - Training is unpaired: every training subject contributes one scan, at one
   seen site, so no method can learn from same-subject pairs.
 - One fixed target-site training scan is the one-shot reference.
+- Rescans (``session == "rescan"``) never enter training or the test scenarios: a test subject's
+  target-site rescan is the scan-rescan ceiling every metric is read against (`SplitData.rescan_of`).
 - Scenario ``seen``: test scans from seen non-target sites; ``unseen``: test
   scans from unseen sites. Each is harmonized to the target site and compared
   with the same subject's target-site scan.
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from harmbench.data.scan import Cohort, Scan
+from harmbench.data.scan import RESCAN_SESSION, Cohort, Scan
 from harmbench.errors import ConfigError, DataError
 
 SCENARIOS: tuple[str, ...] = ("seen", "unseen")
@@ -78,9 +80,14 @@ class SplitData:
         self.split = split
         self.cohort = cohort
         assigned = dict(split.assignment)
-        self.train = cohort.filter(lambda s: assigned.get(s.subject) == s.site, name=f"{cohort.name}:train")
+        first_sessions = cohort.without_rescans()
+        self.train = first_sessions.filter(lambda s: assigned.get(s.subject) == s.site, name=f"{cohort.name}:train")
         test_subjects = set(split.test_subjects)
-        self.test = cohort.filter(lambda s: s.subject in test_subjects, name=f"{cohort.name}:test")
+        self.test = first_sessions.filter(lambda s: s.subject in test_subjects, name=f"{cohort.name}:test")
+        self.rescans = cohort.filter(
+            lambda s: s.session == RESCAN_SESSION and s.subject in test_subjects and s.site == split.target_site,
+            name=f"{cohort.name}:rescan",
+        )
         reference = self.train.find(split.reference_subject, split.target_site)
         if reference is None:
             raise DataError(f"reference scan {split.reference_subject}@{split.target_site} is not in the cohort")
@@ -98,6 +105,10 @@ class SplitData:
         """The same subject's target-site test scan (None where the subject was not scanned there)."""
         return self.test.find(scan.subject, self.split.target_site)
 
+    def rescan_of(self, scan: Scan) -> Scan | None:
+        """The same subject's target-site rescan (the scan-rescan ceiling), or None where the data has none."""
+        return self.rescans.find_rescan(scan.subject, self.split.target_site)
+
     def target_pool(self) -> list[Scan]:
         return self.train.by_site(self.split.target_site)
 
@@ -112,7 +123,8 @@ class SplitData:
         test_subjects = set(self.split.test_subjects)
         target = self.split.target_site
         return self.cohort.filter(
-            lambda s: s.site == target and s.subject not in test_subjects, name=f"{self.cohort.name}:train[{target}]"
+            lambda s: s.site == target and s.subject not in test_subjects and s.session != RESCAN_SESSION,
+            name=f"{self.cohort.name}:train[{target}]",
         )
 
 

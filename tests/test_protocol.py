@@ -69,3 +69,27 @@ def test_assignment_does_not_depend_on_the_target_site(tiny_cohort):
     b = make_split(tiny_cohort, sites[1], sites[-2:], n_test_subjects=2, seed=3)
     assert a.assignment == b.assignment and a.test_subjects == b.test_subjects
     assert a.reference_subject != b.reference_subject or a.target_site == b.target_site
+
+
+def test_rescans_never_train_or_test_and_are_found_for_the_ceiling(tiny_cohort):
+    import dataclasses
+
+    from harmbench.data.scan import RESCAN_SESSION, Cohort
+
+    target = tiny_cohort.sites[0]
+    first_sessions = tiny_cohort.without_rescans()
+    rescans = [
+        dataclasses.replace(s, session=RESCAN_SESSION, data=s.data + 1.0) for s in first_sessions.by_site(target)
+    ]
+    cohort = Cohort([*first_sessions.scans, *rescans], name="with-rescans")
+    split = make_split(cohort, target, tiny_cohort.sites[-2:], n_test_subjects=2, seed=0)
+    assert split == make_split(first_sessions, target, tiny_cohort.sites[-2:], n_test_subjects=2, seed=0)
+    data = SplitData(split, cohort)
+    every = [*data.train, *data.test, *data.target_only_train(), data.reference]
+    assert all(s.session != RESCAN_SESSION for s in every)
+    for scan in data.scenario_scans("seen"):
+        rescan = data.rescan_of(scan)
+        assert rescan is not None and rescan.session == RESCAN_SESSION
+        assert (rescan.subject, rescan.site) == (scan.subject, target)
+        assert data.paired_target(scan).session != RESCAN_SESSION
+    assert SplitData(split, first_sessions).rescan_of(data.scenario_scans("seen")[0]) is None

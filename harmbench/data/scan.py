@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 
 TISSUES: dict[int, str] = {1: "csf", 2: "gm", 3: "wm"}
+#: Session name of a scan-rescan repeat: the same subject scanned again at the same site (new noise, new
+#: head position). Rescans are the scan-rescan ceiling of the metrics; they never enter training or testing.
+RESCAN_SESSION = "rescan"
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +68,18 @@ class Scan:
 
     def describe(self) -> str:
         return self.source or self.key
+
+    def make_read_only(self) -> Scan:
+        """Mark ``data``, ``affine``, ``mask`` and ``labels`` read-only in place; returns ``self``.
+
+        The runner hands every plugin read-only scans, so a plugin that writes into its input (``scan.data *=
+        2``) fails its own cell with numpy's "assignment destination is read-only" instead of silently
+        changing what the next plugin sees. A plugin that needs a scratch copy makes one (``with_data``).
+        """
+        for array in (self.data, self.affine, self.mask, self.labels):
+            if isinstance(array, np.ndarray):
+                array.flags.writeable = False
+        return self
 
 
 class Cohort:
@@ -120,10 +135,27 @@ class Cohort:
         return Cohort([s for s in self.scans if keep(s)], name=name or self.name)
 
     def find(self, subject: str, site: str) -> Scan | None:
+        """The subject's first scan at ``site`` that is not a rescan (None if there is none)."""
         for s in self.scans:
-            if s.subject == subject and s.site == site:
+            if s.subject == subject and s.site == site and s.session != RESCAN_SESSION:
                 return s
         return None
+
+    def find_rescan(self, subject: str, site: str) -> Scan | None:
+        """The subject's rescan (``session == RESCAN_SESSION``) at ``site``, or None."""
+        for s in self.scans:
+            if s.subject == subject and s.site == site and s.session == RESCAN_SESSION:
+                return s
+        return None
+
+    def make_read_only(self) -> Cohort:
+        """Every scan's arrays read-only (`Scan.make_read_only`); returns ``self``."""
+        for scan in self.scans:
+            scan.make_read_only()
+        return self
+
+    def without_rescans(self) -> Cohort:
+        return self.filter(lambda s: s.session != RESCAN_SESSION)
 
     def traveling_subjects(self) -> list[str]:
         """Subjects scanned at two or more sites (the traveling subjects)."""
