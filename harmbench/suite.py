@@ -7,6 +7,8 @@ A suite is TOML::
     seed = 0
     harmonizers = ["identity", "histogram", "ssimh"]
     evaluators = ["wasserstein", "paired", "volume"]
+    seeds = [0, 1, 2]                 # optional: fit seeds of stochastic methods (default: [seed])
+    baselines = ["identity"]          # optional: every method's paired difference against these
 
     [dataset]            # a registered dataset name, or a path to a BIDS folder / manifest
     name = "harmbench-sim"
@@ -60,8 +62,19 @@ class Suite:
     evaluators: tuple[Component, ...] = ()
     device: str = "cpu"
     cell_timeout_s: float | None = None
-    #: Add the oracle row (each test subject's real target-site scan scored as the output).
+    #: Add the reference row: the scan-rescan ceiling (each test subject's target-site rescan scored as the
+    #: output), or the oracle (the target-site scan itself) where the data has no rescans.
     oracle: bool = True
+    #: Fit seeds for stochastic harmonizers (``meta.stochastic``): each is fitted once per seed and the
+    #: leaderboard averages them and shows the between-seed spread. Empty: the suite's ``seed`` only.
+    seeds: tuple[int, ...] = ()
+    #: Harmonizers every method is compared with (paired differences, Holm-corrected tests).
+    baselines: tuple[str, ...] = ()
+
+    @property
+    def fit_seeds(self) -> tuple[int, ...]:
+        """The seeds a stochastic harmonizer is fitted with (deterministic ones use ``seed`` alone)."""
+        return self.seeds or (self.seed,)
 
     def replace(self, **changes: Any) -> Suite:
         return dataclasses.replace(self, **changes)
@@ -76,6 +89,8 @@ class Suite:
                 "evaluators": [c.label for c in self.evaluators],
                 "device": self.device,
                 "oracle": self.oracle,
+                **({"seeds": list(self.seeds)} if self.seeds else {}),
+                **({"baselines": list(self.baselines)} if self.baselines else {}),
             },
             "dataset": {"name": self.dataset, **self.dataset_params},
         }
@@ -132,7 +147,17 @@ def parse_suite(doc: dict[str, Any], where: str) -> Suite:
     unknown_protocol = sorted(set(protocol) - {"target_site", "unseen_sites", "n_test_subjects"})
     if unknown_protocol:
         raise ConfigError(f"{where}: unknown [protocol] key {unknown_protocol[0]!r}")
-    known_head = {"name", "seed", "harmonizers", "evaluators", "device", "cell_timeout_s", "oracle"}
+    known_head = {
+        "name",
+        "seed",
+        "seeds",
+        "baselines",
+        "harmonizers",
+        "evaluators",
+        "device",
+        "cell_timeout_s",
+        "oracle",
+    }
     unknown_head = sorted(set(head) - known_head)
     if unknown_head:
         raise ConfigError(f"{where}: unknown [suite] key {unknown_head[0]!r}")
@@ -142,6 +167,19 @@ def parse_suite(doc: dict[str, Any], where: str) -> Suite:
     oracle = head.get("oracle", True)
     if not isinstance(oracle, bool):
         raise ConfigError(f"{where}: [suite] oracle must be true or false")
+    seeds = head.get("seeds", [])
+    if (
+        not isinstance(seeds, list)
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(f"{where}: [suite] seeds must be a list of distinct non-negative integers")
+    baselines = head.get("baselines", [])
+    if not isinstance(baselines, list) or not all(isinstance(x, str) for x in baselines):
+        raise ConfigError(f"{where}: [suite] baselines must be a list of harmonizer names")
+    unknown_baselines = sorted(set(baselines) - set(head.get("harmonizers", [])))
+    if unknown_baselines:
+        raise ConfigError(f"{where}: baseline {unknown_baselines[0]!r} is not one of the suite's harmonizers")
     unseen = protocol.get("unseen_sites")
     return Suite(
         name=str(head.get("name", Path(where).stem)),
@@ -156,6 +194,8 @@ def parse_suite(doc: dict[str, Any], where: str) -> Suite:
         device=str(head.get("device", "cpu")),
         cell_timeout_s=head.get("cell_timeout_s"),
         oracle=oracle,
+        seeds=tuple(seeds),
+        baselines=tuple(baselines),
     )
 
 
