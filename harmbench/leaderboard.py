@@ -242,13 +242,13 @@ def metric_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 
-def _loss(values: pd.Series, direction: str, ideal: float) -> pd.Series:
+def _loss(values: Mapping[str, float], direction: str, ideal: float) -> dict[str, float]:
     """Per-subject values turned into a loss (lower is better) for ranking."""
     if direction == "higher":
-        return -values
+        return {k: -v for k, v in values.items()}
     if direction == "lower":
-        return values
-    return (values - ideal).abs()
+        return dict(values)
+    return {k: abs(v - ideal) for k, v in values.items()}
 
 
 def _cell_status(statuses: set[str]) -> str:
@@ -332,12 +332,16 @@ def build_board(
     track_of = df.groupby("harmonizer")["track"].first().to_dict()
     role_of = df.groupby("harmonizer")["role"].first().to_dict()
 
-    def values(scenario: str, metric: str, harmonizer: str) -> pd.Series:
-        try:
-            s = per_subject.loc[(scenario, metric, harmonizer)]
-        except KeyError:
-            return pd.Series(dtype=float)
-        return s.astype(float)
+    by_cell: dict[tuple[str, str, str], dict[str, float]] = {}
+    for (scenario, metric, harmonizer, subject), v in per_subject.items():
+        by_cell.setdefault((scenario, metric, harmonizer), {})[str(subject)] = float(v)
+
+    seed_means_of: dict[tuple[str, str, str], list[float]] = {}
+    for (scenario, metric, harmonizer, _), v in per_seed.items():
+        seed_means_of.setdefault((scenario, metric, harmonizer), []).append(float(v))
+
+    def values(scenario: str, metric: str, harmonizer: str) -> dict[str, float]:
+        return by_cell.get((scenario, metric, harmonizer), {})
 
     # -- per-metric summary and ranks
     rows = []
@@ -367,10 +371,7 @@ def build_board(
         mean, low, high = mean_ci(
             values(scenario, metric, harmonizer), seed=seed, scenario=scenario, metric=metric, n_boot=n_boot
         )
-        try:
-            seed_means = per_seed.loc[(scenario, metric, harmonizer)].astype(float)
-        except KeyError:
-            seed_means = pd.Series(dtype=float)
+        seed_means = np.array(seed_means_of.get((scenario, metric, harmonizer), []), dtype=float)
         rows.append(
             {
                 "scenario": scenario,
@@ -381,9 +382,9 @@ def build_board(
                 "ci_low": round_sig(low),
                 "ci_high": round_sig(high),
                 "n": int(scan_counts.get((scenario, harmonizer, metric), 0)),
-                "n_subjects": int(np.isfinite(values(scenario, metric, harmonizer)).sum()),
+                "n_subjects": sum(math.isfinite(v) for v in values(scenario, metric, harmonizer).values()),
                 "n_seeds": len(seed_means),
-                "seed_sd": round_sig(float(seed_means.std(ddof=1))) if len(seed_means) > 1 else math.nan,
+                "seed_sd": round_sig(float(seed_means.std(ddof=1))) if seed_means.size > 1 else math.nan,
                 "rank": ranks.get((scenario, harmonizer, metric), math.nan),
                 "status": status,
             }
@@ -396,24 +397,30 @@ def build_board(
     for scenario in sorted(df["scenario"].unique(), key=_scenario_key):
         harmonizers = sorted(df.loc[df["scenario"] == scenario, "harmonizer"].unique())
         for definition in definitions:
-            scores: dict[str, pd.Series] = {}
+            scores: dict[str, dict[str, float]] = {}
             for h in harmonizers:
                 cells = [statuses.get((scenario, h, m)) for m in definition.metrics]
                 if any(c is None or _cell_status(c) != "ok" for c in cells):
                     continue
                 parts = []
                 for m in definition.metrics:
-                    v = values(scenario, m, h)
                     d = meta.at[m, "direction"]
-                    v = (v - meta.at[m, "ideal"]).abs() if d == "ideal" else v
-                    parts.append(-v if d == "higher" and definition.direction == "lower" else v)
-                # a subject missing one metric of the axis has no axis score (NaN keeps the pairing honest)
-                scores[h] = pd.concat(parts, axis=1, join="outer").mean(axis=1, skipna=False)
+                    part = (
+                        _loss(values(scenario, m, h), d, meta.at[m, "ideal"])
+                        if d != "higher"
+                        else values(scenario, m, h)
+                    )
+                    if d == "higher" and definition.direction == "lower":
+                        part = {k: -v for k, v in part.items()}
+                    parts.append(part)
+                # a subject missing one metric of the axis has no axis score, so the pairing stays honest
+                common = sorted(set.intersection(*(set(p) for p in parts)))
+                scores[h] = {k: sum(p[k] for p in parts) / len(parts) for k in common}
             axis_ranks: dict[str, float] = {}
             for track in TRACKS[:2]:
                 losses = {
-                    h: (-s if definition.direction == "higher" else s)
-                    for h, s in scores.items()
+                    h: ({k: -v for k, v in sc.items()} if definition.direction == "higher" else sc)
+                    for h, sc in scores.items()
                     if track_of[h] == track
                 }
                 axis_ranks.update(
@@ -421,15 +428,15 @@ def build_board(
                         losses, seed=seed, scenario=scenario, metric=f"axis:{definition.axis}", n_boot=n_boot
                     )
                 )
-            for h, s in scores.items():
-                finite = s[np.isfinite(s)]
+            for h, sc in scores.items():
+                finite = [v for v in sc.values() if math.isfinite(v)]
                 axis_rows.append(
                     {
                         "scenario": scenario,
                         "harmonizer": h,
                         "track": track_of[h],
                         "axis": definition.axis,
-                        "value": round_sig(float(finite.mean())) if len(finite) else math.nan,
+                        "value": round_sig(float(np.mean(finite))) if finite else math.nan,
                         "n_subjects": len(finite),
                         "rank": axis_ranks.get(h, math.nan),
                     }

@@ -140,15 +140,20 @@ class Comparison:
     n: int
 
 
-def _paired(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, list[str]]:
-    joined = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").sort_index()
-    valid = joined[np.isfinite(joined["a"].astype(float)) & np.isfinite(joined["b"].astype(float))]
-    return (valid["a"] - valid["b"]).to_numpy(dtype=float), [str(s) for s in valid.index]
+def _as_dict(values: Mapping[str, float] | pd.Series) -> dict[str, float]:
+    items = values.items()
+    return {str(k): float(v) for k, v in items}
+
+
+def _paired(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[np.ndarray, list[str]]:
+    a, b = _as_dict(a), _as_dict(b)
+    subjects = sorted(str(k) for k in set(a) & set(b) if math.isfinite(a[k]) and math.isfinite(b[k]))
+    return np.array([a[k] - b[k] for k in subjects], dtype=float), subjects
 
 
 def compare(
-    a: pd.Series,
-    b: pd.Series,
+    a: Mapping[str, float],
+    b: Mapping[str, float],
     *,
     seed: int,
     scenario: str,
@@ -156,7 +161,7 @@ def compare(
     n_boot: int = BOOTSTRAP_RESAMPLES,
     test: bool = True,
 ) -> Comparison:
-    """Paired difference ``a − b`` of two methods' per-subject values (Series indexed by subject).
+    """Paired difference ``a − b`` of two methods' per-subject values (subject → value mappings or Series).
 
     The interval is the subject bootstrap of the mean difference with the generator of
     ``seed_for(seed, scenario, metric, "mean", *subjects)`` (the draws a method's own interval over
@@ -173,19 +178,27 @@ def compare(
     return Comparison(float(d.mean()), low, high, p, int(d.size))
 
 
-def mean_ci(values: pd.Series, *, seed: int, scenario: str, metric: str, n_boot: int = BOOTSTRAP_RESAMPLES) -> tuple:
+def mean_ci(
+    values: Mapping[str, float], *, seed: int, scenario: str, metric: str, n_boot: int = BOOTSTRAP_RESAMPLES
+) -> tuple:
     """Mean over subjects and its subject-bootstrap interval (generator as in :func:`compare`)."""
-    v = values.astype(float)
-    v = v[np.isfinite(v)].sort_index()
-    if v.empty:
+    values = _as_dict(values)
+    subjects = sorted(k for k, v in values.items() if math.isfinite(v))
+    if not subjects:
         return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed_for(seed, scenario, metric, "mean", *map(str, v.index)))
-    low, high = bootstrap_mean_ci(v.to_numpy(), rng, n_boot)
+    v = np.array([values[k] for k in subjects], dtype=float)
+    rng = np.random.default_rng(seed_for(seed, scenario, metric, "mean", *subjects))
+    low, high = bootstrap_mean_ci(v, rng, n_boot)
     return float(v.mean()), low, high
 
 
 def significance_ranks(
-    losses: Mapping[str, pd.Series], *, seed: int, scenario: str, metric: str, n_boot: int = BOOTSTRAP_RESAMPLES
+    losses: Mapping[str, Mapping[str, float]],
+    *,
+    seed: int,
+    scenario: str,
+    metric: str,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, float]:
     """Rank methods by per-subject ``losses`` (lower is better) so that indistinguishable methods share a rank.
 
@@ -195,7 +208,8 @@ def significance_ranks(
     digits before the comparison, so float noise cannot split a tie. A method without a finite loss is
     left out (no rank).
     """
-    names = sorted(h for h, s in losses.items() if np.isfinite(s.astype(float)).any())
+    losses = {h: _as_dict(s) for h, s in losses.items()}
+    names = sorted(h for h, s in losses.items() if any(math.isfinite(v) for v in s.values()))
     better_than_me = dict.fromkeys(names, 0)
     for x, y in itertools.combinations(names, 2):
         c = compare(losses[x], losses[y], seed=seed, scenario=scenario, metric=metric, n_boot=n_boot, test=False)
