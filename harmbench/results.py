@@ -7,10 +7,11 @@ computes only the cells that are missing (the mteb model).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -104,6 +105,30 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A unique temporary path next to ``path`` for a writer that wants a file name (``np.savez``,
+    ``nibabel.save``); it becomes ``path`` in one rename when the block ends, and is removed if it raises.
+
+    The temporary name keeps ``path``'s suffixes (``.npz``, ``.nii.gz``) so writers that pick the format
+    from the name still do, and it is unique, so two processes writing one folder never share it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def to_frame(records: Iterable[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(list(records))
     for column in COLUMNS:
@@ -189,4 +214,15 @@ def read_results(out_dir: str | Path) -> pd.DataFrame:
     path = Path(out_dir) / "results.parquet"
     if not path.exists():
         raise DataError(f"{path}: no results here; run `harmbench run --out {out_dir}` first")
-    return pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DataError(f"{path}: not a readable results table ({type(exc).__name__}: {first})") from exc
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: not a harmbench results table (missing column(s) {', '.join(missing[:5])}); "
+            "rerun `harmbench run` to rebuild it"
+        )
+    return frame

@@ -70,6 +70,8 @@ class Suite:
     seeds: tuple[int, ...] = ()
     #: Harmonizers every method is compared with (paired differences, Holm-corrected tests).
     baselines: tuple[str, ...] = ()
+    #: Where the suite came from (a file path, ``<built-in NAME suite>``, or empty); error messages name it.
+    source: str = field(default="", compare=False)
 
     @property
     def fit_seeds(self) -> tuple[int, ...]:
@@ -118,12 +120,75 @@ class Suite:
         return tomli_w.dumps(doc)
 
 
-def _components(kind: str, labels: Any, tables: Any, where: str) -> tuple[Component, ...]:
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ConfigError(f"{where}: [suite] {kind} must be a list of names")
+def _describe(value: Any) -> str:
+    kind = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list", dict: "a table"}
+    return f"{kind.get(type(value), type(value).__name__)} ({value!r})"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: [table] → key → (check, what the value must be). Every key a suite may hold is listed here.
+_FIELDS: dict[str, dict[str, tuple[Any, str]]] = {
+    "suite": {
+        "name": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
+        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+        "harmonizers": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
+        "evaluators": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
+        "device": (lambda v: isinstance(v, str) and v.strip() != "", "a device string such as 'cpu' or 'cuda'"),
+        "cell_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+        "oracle": (lambda v: isinstance(v, bool), "true or false"),
+        "seeds": (
+            lambda v: (
+                isinstance(v, list)
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+                and len(set(v)) == len(v)
+            ),
+            "a list of distinct non-negative integers",
+        ),
+        "baselines": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
+    },
+    "protocol": {
+        "target_site": (lambda v: isinstance(v, str) and v != "", "a site name (string)"),
+        "unseen_sites": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of site names"),
+        "n_test_subjects": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    },
+    "dataset": {
+        "name": (lambda v: isinstance(v, str) and v != "", "a dataset name or a path (string)"),
+    },
+}
+
+
+def _check_table(doc: dict[str, Any], table: str, where: str, *, open_keys: bool = False) -> dict[str, Any]:
+    """The table's contents after checking each known key's type; an unknown key is an error unless
+    ``open_keys`` (the dataset table passes its other keys on to the dataset as parameters)."""
+    value = doc.get(table, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{table}] must be a table, got {_describe(value)}")
+    fields = _FIELDS[table]
+    for key, item in value.items():
+        if key not in fields:
+            if open_keys:
+                continue
+            raise ConfigError(f"{where}: unknown [{table}] key {key!r} (known: {', '.join(fields)})")
+        check, expected = fields[key]
+        if not check(item):
+            hint = ' (write a list: ["..."])' if isinstance(item, str) and expected.startswith("a list") else ""
+            raise ConfigError(f"{where}: [{table}] {key} must be {expected}, got {_describe(item)}{hint}")
+    return dict(value)
+
+
+def _components(kind: str, labels: list[str], tables: Any, where: str) -> tuple[Component, ...]:
     if not isinstance(tables, dict):
-        raise ConfigError(f"{where}: [{kind}] must be a table of tables")
+        raise ConfigError(f"{where}: [{kind}] must be a table of tables, got {_describe(tables)}")
     out = []
+    for label, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [{kind}] {label} must be a table ([{kind}.{label}]), got {_describe(table)}")
+        plugin = table.get("plugin", label)
+        if not isinstance(plugin, str) or not plugin:
+            raise ConfigError(f"{where}: [{kind}.{label}] plugin must be a name (string), got {_describe(plugin)}")
     for label in labels:
         params = dict(tables.get(label, {}))
         plugin = params.pop("plugin", label)
@@ -131,71 +196,45 @@ def _components(kind: str, labels: Any, tables: Any, where: str) -> tuple[Compon
     unknown = sorted(set(tables) - set(labels))
     if unknown:
         raise ConfigError(f"{where}: [{kind}.{unknown[0]}] configures a {kind[:-1]} not listed in [suite] {kind}")
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"{where}: [suite] {kind} lists a name twice")
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ConfigError(f"{where}: [suite] {kind} lists {twice[0]!r} twice")
     return tuple(out)
 
 
 def parse_suite(doc: dict[str, Any], where: str) -> Suite:
+    """Check every table and key of a parsed suite file (types, unknown keys) and build the `Suite`.
+
+    Errors are one line naming ``where``, the table and the key; plugin parameters are checked later, by the
+    plugins themselves, when the runner instantiates them before any compute (`harmbench.runner.Runner`).
+    """
     known = {"suite", "dataset", "protocol", "harmonizers", "evaluators"}
     extra = sorted(set(doc) - known)
     if extra:
         raise ConfigError(f"{where}: unknown table [{extra[0]}] (known: {', '.join(sorted(known))})")
-    head = dict(doc.get("suite", {}))
-    dataset = dict(doc.get("dataset", {}))
-    protocol = dict(doc.get("protocol", {}))
-    unknown_protocol = sorted(set(protocol) - {"target_site", "unseen_sites", "n_test_subjects"})
-    if unknown_protocol:
-        raise ConfigError(f"{where}: unknown [protocol] key {unknown_protocol[0]!r}")
-    known_head = {
-        "name",
-        "seed",
-        "seeds",
-        "baselines",
-        "harmonizers",
-        "evaluators",
-        "device",
-        "cell_timeout_s",
-        "oracle",
-    }
-    unknown_head = sorted(set(head) - known_head)
-    if unknown_head:
-        raise ConfigError(f"{where}: unknown [suite] key {unknown_head[0]!r}")
-    seed = head.get("seed", 0)
-    if not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"{where}: [suite] seed must be a non-negative integer")
-    oracle = head.get("oracle", True)
-    if not isinstance(oracle, bool):
-        raise ConfigError(f"{where}: [suite] oracle must be true or false")
-    seeds = head.get("seeds", [])
-    if (
-        not isinstance(seeds, list)
-        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
-        raise ConfigError(f"{where}: [suite] seeds must be a list of distinct non-negative integers")
-    baselines = head.get("baselines", [])
-    if not isinstance(baselines, list) or not all(isinstance(x, str) for x in baselines):
-        raise ConfigError(f"{where}: [suite] baselines must be a list of harmonizer names")
-    unknown_baselines = sorted(set(baselines) - set(head.get("harmonizers", [])))
-    if unknown_baselines:
-        raise ConfigError(f"{where}: baseline {unknown_baselines[0]!r} is not one of the suite's harmonizers")
+    head = _check_table(doc, "suite", where)
+    dataset = _check_table(doc, "dataset", where, open_keys=True)
+    protocol = _check_table(doc, "protocol", where)
     unseen = protocol.get("unseen_sites")
+    unknown_baselines = [b for b in head.get("baselines", []) if b not in head.get("harmonizers", [])]
+    if unknown_baselines:
+        raise ConfigError(f"{where}: [suite] baselines names {unknown_baselines[0]!r}, not one of its harmonizers")
     return Suite(
-        name=str(head.get("name", Path(where).stem)),
-        seed=seed,
-        dataset=str(dataset.pop("name", "harmbench-sim")),
+        name=head.get("name", Path(where).stem),
+        seed=head.get("seed", 0),
+        dataset=dataset.pop("name", "harmbench-sim"),
         dataset_params=dataset,
         target_site=protocol.get("target_site"),
         unseen_sites=tuple(unseen) if unseen is not None else None,
         n_test_subjects=protocol.get("n_test_subjects"),
         harmonizers=_components("harmonizers", head.get("harmonizers", []), doc.get("harmonizers", {}), where),
         evaluators=_components("evaluators", head.get("evaluators", []), doc.get("evaluators", {}), where),
-        device=str(head.get("device", "cpu")),
-        cell_timeout_s=head.get("cell_timeout_s"),
-        oracle=oracle,
-        seeds=tuple(seeds),
-        baselines=tuple(baselines),
+        device=head.get("device", "cpu"),
+        cell_timeout_s=float(head["cell_timeout_s"]) if "cell_timeout_s" in head else None,
+        oracle=head.get("oracle", True),
+        seeds=tuple(head.get("seeds", ())),
+        baselines=tuple(head.get("baselines", ())),
+        source=where,
     )
 
 

@@ -69,6 +69,18 @@ class Scan:
     def describe(self) -> str:
         return self.source or self.key
 
+    def make_read_only(self) -> Scan:
+        """Mark ``data``, ``affine``, ``mask`` and ``labels`` read-only in place; returns ``self``.
+
+        The runner hands every plugin read-only scans, so a plugin that writes into its input (``scan.data *=
+        2``) fails its own cell with numpy's "assignment destination is read-only" instead of silently
+        changing what the next plugin sees. A plugin that needs a scratch copy makes one (``with_data``).
+        """
+        for array in (self.data, self.affine, self.mask, self.labels):
+            if isinstance(array, np.ndarray):
+                array.flags.writeable = False
+        return self
+
 
 class Cohort:
     """An ordered set of scans with a tidy manifest (one row per scan).
@@ -135,6 +147,12 @@ class Cohort:
             if s.subject == subject and s.site == site and s.session == RESCAN_SESSION:
                 return s
         return None
+
+    def make_read_only(self) -> Cohort:
+        """Every scan's arrays read-only (`Scan.make_read_only`); returns ``self``."""
+        for scan in self.scans:
+            scan.make_read_only()
+        return self
 
     def without_rescans(self) -> Cohort:
         return self.filter(lambda s: s.session != RESCAN_SESSION)

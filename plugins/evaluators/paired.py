@@ -6,25 +6,34 @@ References:
     Wang Z, Bovik AC, Sheikh HR, Simoncelli EP. Image quality assessment: from
     error visibility to structural similarity. IEEE TIP 13(4):600–612, 2004 — SSIM.
 
-Intensity convention (one, for every method): both the prediction and the
-target are divided by the 99th percentile of the *target's* brain voxels and
-clipped to ``[0, 1]``; the data range is therefore ``L = 1``. Dividing by the
-target's scale (never the prediction's) means a method is not rewarded for
-rescaling its own output; the 99th percentile rather than the maximum keeps a
-few bright voxels from deciding the scale.
+Intensity convention — BlindHarmony's: every image is normalised on its own. The prediction is
+divided by the 99th percentile of *its own* brain voxels, the target by the 99th percentile of *its
+own*, and each is clipped to ``[0, 1]``; the data range is therefore ``L = 1``. (BlindHarmony normalises
+each image to ``[0, 1]`` on its own; the 99th brain percentile instead of the maximum keeps a few
+bright voxels from setting the scale.) A global gain therefore changes neither metric: PSNR and SSIM
+score contrast, noise, blur and bias — what is left after a per-image rescale — while the intensity
+scale itself is scored by ``wasserstein`` (``nwd_tp``). A pure gain scores exactly what identity scores.
 
-Region: the union of the prediction's and the target's brain masks, so that
-missing or invented brain at the boundary counts.
+Reference scan: the same subject's scan at the target site (the traveling subject's ``case.target``).
+The ceiling on real data is the subject's target-site *rescan* scored against that target scan (the
+leaderboard's ceiling row): two scans of one brain on one scanner differ by noise and position.
 
-- ``psnr = 10 log10(L² / MSE)`` over the region, in dB
-  (capped at ``PSNR_MAX_DB`` = 100 dB so that a perfect prediction still counts in a mean).
+Region: the union of the prediction's and the target's brain masks, so that missing or invented brain at
+the boundary counts.
+
+- ``psnr = 10 log10(L² / max(MSE, MSE_FLOOR))`` over the region, in dB. ``MSE_FLOOR = (1/4096)²`` is
+  one grey level of a 12-bit image (MR magnitude images are stored with 12 bits; BlindHarmony
+  dequantises its inputs at that depth): differences below it are not measurable, so an exact copy
+  reads ``PSNR_MAX_DB = 20 log10(4096) ≈ 72.2 dB`` — a finite value that a mean can hold, not a
+  ceiling any real scan reaches (a same-site rescan is far below it).
 - ``ssim``: the Wang et al. (2004) index with a 3-D Gaussian window (σ = 1.5
   voxels, truncated at 3.5 σ, population statistics), ``K1 = 0.01``,
   ``K2 = 0.03``, computed over the whole volume and averaged over the region.
   ``SSIM = (2μxμy + C1)(2σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2))``,
-  ``C1 = (K1 L)²``, ``C2 = (K2 L)²``.
+  ``C1 = (K1 L)²``, ``C2 = (K2 L)²``. The metric of the leaderboard's *fidelity* axis.
 
-Both are NaN when the case has no target (no traveling-subject scan).
+An image whose brain 99th percentile is not positive (a blank output) is left unscaled (then clipped):
+it scores what it looks like. Both are NaN when the case has no target (no traveling-subject scan).
 """
 
 from __future__ import annotations
@@ -44,8 +53,10 @@ TRUNCATE = 3.5
 K1, K2 = 0.01, 0.03
 
 
-#: PSNR of identical images; an infinite value would drop out of (or poison) every mean.
-PSNR_MAX_DB = 100.0
+#: Smallest mean squared error PSNR resolves: one grey level of a 12-bit image, squared (see the module docstring).
+MSE_FLOOR = (1.0 / 4096.0) ** 2
+#: PSNR of identical images, ``10 log10(1 / MSE_FLOOR)`` ≈ 72.2 dB; an infinite value would poison every mean.
+PSNR_MAX_DB = 10.0 * math.log10(1.0 / MSE_FLOOR)
 
 
 def normalise(data: np.ndarray, scale: float) -> np.ndarray:
@@ -53,12 +64,17 @@ def normalise(data: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.asarray(data, dtype=np.float64) / scale, 0.0, 1.0)
 
 
+def own_scale(data: np.ndarray, brain: np.ndarray) -> float:
+    """The image's own brain 99th percentile; 1 where it is not positive (a blank image stays unscaled)."""
+    values = np.asarray(data)[brain]
+    scale = float(np.percentile(values, SCALE_PERCENTILE)) if values.size else 0.0
+    return scale if math.isfinite(scale) and scale > 0.0 else 1.0
+
+
 def psnr(x: np.ndarray, y: np.ndarray, region: np.ndarray, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio over ``region`` in dB, at most ``PSNR_MAX_DB`` (identical images)."""
+    """Peak signal-to-noise ratio over ``region`` in dB; the MSE is floored at ``MSE_FLOOR · data_range²``."""
     mse = float(np.mean((x[region] - y[region]) ** 2))
-    if mse == 0.0:
-        return PSNR_MAX_DB
-    return min(PSNR_MAX_DB, 10.0 * math.log10(data_range**2 / mse))
+    return 10.0 * math.log10(data_range**2 / max(mse, MSE_FLOOR * data_range**2))
 
 
 def ssim_map(x: np.ndarray, y: np.ndarray, data_range: float = 1.0, sigma: float = SIGMA) -> np.ndarray:
@@ -85,20 +101,23 @@ class PairedEvaluator(PerScanEvaluator):
     """BlindHarmony's paired PSNR / SSIM against the same subject's target-site scan (Jeong et al., ICCV 2023)."""
 
     name = "paired"
-    version = "1.0"
+    version = "2.0"
     metrics = (
         MetricSpec(
             "psnr",
             higher_is_better=True,
             unit="dB",
             ideal=None,
-            description="PSNR vs the traveling subject's target scan; both / target p99, clipped [0,1]; brain union",
+            description="PSNR vs the same subject's target-site scan; each image / its own brain p99, clipped [0,1]; "
+            "brain union; exact copy = 72.2 dB (12-bit MSE floor)",
         ),
         MetricSpec(
             "ssim",
             higher_is_better=True,
             ideal=1.0,
-            description="3-D Gaussian-window SSIM (σ=1.5 voxels) vs the target scan, mean over the brain union",
+            description="3-D Gaussian-window SSIM (σ=1.5 voxels) vs the same subject's target-site scan; each image / "
+            "its own brain p99, clipped [0,1]; mean over the brain union",
+            axis="fidelity",
         ),
     )
 
@@ -114,13 +133,9 @@ class PairedEvaluator(PerScanEvaluator):
                 f"paired: prediction for {case.input.describe()} has shape {pred.shape} but its target "
                 f"{target.describe()} has {target.shape}; paired metrics need co-registered scans"
             )
-        target_brain = target.brain_values()
-        scale = float(np.percentile(target_brain, SCALE_PERCENTILE)) if target_brain.size else 0.0
-        if not math.isfinite(scale) or scale <= 0.0:
-            return {"psnr": math.nan, "ssim": math.nan}
         region = pred.brain | target.brain
-        x = normalise(pred.data, scale)
-        y = normalise(target.data, scale)
+        x = normalise(pred.data, own_scale(pred.data, pred.brain))
+        y = normalise(target.data, own_scale(target.data, target.brain))
         return {"psnr": psnr(x, y, region), "ssim": ssim(x, y, region)}
 
 

@@ -76,6 +76,7 @@ from harmbench.nn.runtime import (
 )
 from harmbench.nn.unet import UNet3d
 from harmbench.progress import progress as progress_bar
+from harmbench.results import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -302,10 +303,9 @@ class SegmentationEvaluator(PerScanEvaluator):
         return model
 
     def _save(self, model: UNet3d, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, **module_state(model, STATE_PREFIX))
-        tmp.replace(path)
+        # a unique temporary name, renamed into place: two runs sharing a cache never write one file
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **module_state(model, STATE_PREFIX))
 
     def _load(self, path: Path) -> UNet3d | None:
         if not path.is_file():

@@ -26,7 +26,8 @@ def _noisy(scan, sd, seed=0):
 def test_perfect_prediction(tiny_cohort):
     a, t = _pair(tiny_cohort)
     values = PairedEvaluator().evaluate_scan(EvalCase(input=a, output=a.with_data(t.data), target=t))
-    assert values["psnr"] == PSNR_MAX_DB
+    assert values["psnr"] == pytest.approx(PSNR_MAX_DB) and math.isfinite(values["psnr"])
+    assert PSNR_MAX_DB == pytest.approx(20 * math.log10(4096))
     assert values["ssim"] == pytest.approx(1.0, abs=1e-12)
 
 
@@ -63,6 +64,16 @@ def test_invariant_to_a_common_rescaling(tiny_cohort):
     assert scaled["ssim"] == pytest.approx(base["ssim"], rel=1e-5)
 
 
+def test_a_gain_on_the_output_alone_changes_nothing(tiny_cohort):
+    # Each image is normalised on its own (BlindHarmony's convention): a global gain is not fidelity.
+    a, t = _pair(tiny_cohort)
+    ev = PairedEvaluator()
+    base = ev.evaluate_scan(EvalCase(input=a, output=a, target=t))
+    gained = ev.evaluate_scan(EvalCase(input=a, output=a.with_data(a.data * 0.37), target=t))
+    assert gained["psnr"] == pytest.approx(base["psnr"], rel=1e-6)
+    assert gained["ssim"] == pytest.approx(base["ssim"], rel=1e-6)
+
+
 def test_ssim_map_matches_the_formula_on_constant_images():
     x = np.full((9, 9, 9), 0.4)
     y = np.full((9, 9, 9), 0.6)
@@ -93,3 +104,4 @@ def test_registered_and_declared():
     assert [m.name for m in ev.metrics] == ["psnr", "ssim"]
     assert ev.metric("psnr").unit == "dB" and ev.metric("ssim").ideal == 1.0
     assert all(m.higher_is_better for m in ev.metrics)
+    assert ev.metric("ssim").axis == "fidelity" and ev.metric("psnr").axis is None

@@ -66,6 +66,16 @@ def test_ground_truth_metrics(tiny_cohort):
     assert all(values[m] == 0.0 for m in MAIN)
 
 
+def test_target_variant_is_zero_for_a_perfect_output_and_nan_without_target(tiny_cohort):
+    scan, target = _scan(tiny_cohort), _scan(tiny_cohort, site_index=0)
+    ev = VolumeEvaluator()
+    perfect = ev.evaluate_scan(EvalCase(input=scan, output=scan.with_data(target.data), target=target))
+    assert all(perfect[f"{m}_target"] == 0.0 for m in MAIN)
+    identity = ev.evaluate_scan(EvalCase(input=scan, output=scan, target=target))
+    assert max(identity[f"{m}_target"] for m in MAIN) > 0.0
+    assert all(math.isnan(v) for k, v in ev.evaluate_scan(EvalCase(scan, scan, None)).items() if k.endswith("_target"))
+
+
 def test_ravd_definition():
     assert ravd(110, 100) == pytest.approx(10.0)
     assert ravd(90, 100) == pytest.approx(10.0)
@@ -81,6 +91,10 @@ def test_registered_and_declared():
     assert volume.harmbench_register_evaluators() == [VolumeEvaluator]
     ev = VolumeEvaluator()
     names = [m.name for m in ev.metrics]
-    assert sorted(names) == sorted([*MAIN, *(f"{m}_gt" for m in MAIN)])
-    assert all(ev.metric(m).main for m in MAIN) and not any(ev.metric(f"{m}_gt").main for m in MAIN)
-    assert all(m.unit == "%" and m.ideal == 0.0 and m.higher_is_better is False for m in ev.metrics)
+    assert sorted(names) == sorted([*MAIN, *(f"{m}_gt" for m in MAIN), *(f"{m}_target" for m in MAIN)])
+    assert [m.name for m in ev.metrics if m.axis == "anatomy"] == ["ravd_gm_gt", "ravd_wm_gt"]
+    assert all(ev.metric(m).main for m in ("ravd_gm_gt", "ravd_wm_gt"))
+    # HAIL's against-input variant: informational (identity scores 0 by construction)
+    assert not any(ev.metric(m).ranked or ev.metric(m).main for m in MAIN)
+    ranked = [m for m in ev.metrics if m.name not in MAIN]
+    assert all(m.unit == "%" and m.ideal == 0.0 and m.higher_is_better is False for m in ranked)

@@ -74,5 +74,7 @@ def test_registered_and_declared():
     assert wasserstein.harmbench_register_evaluators() == [WassersteinEvaluator]
     ev = WassersteinEvaluator()
     assert [m.name for m in ev.metrics] == ["nwd_ip", "nwd_tp", "w1_target"]
-    assert ev.metric("nwd_ip").higher_is_better is None and ev.metric("nwd_ip").ideal == 1.0
-    assert ev.metric("nwd_tp").higher_is_better is False and not ev.metric("w1_target").main
+    nwd_ip = ev.metric("nwd_ip")
+    assert nwd_ip.higher_is_better is None and nwd_ip.ideal is None and not nwd_ip.ranked and not nwd_ip.main
+    assert ev.metric("nwd_tp").higher_is_better is False and ev.metric("nwd_tp").axis == "intensity"
+    assert not ev.metric("w1_target").main
