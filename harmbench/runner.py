@@ -58,7 +58,7 @@ import harmbench
 from harmbench.api import EvalCase, Evaluator, Harmonizer, Meta, params_hash, transform_contract_violation
 from harmbench.data.io import LocalDataset, validate_cohort
 from harmbench.data.scan import Cohort, Scan
-from harmbench.errors import ConfigError, HarmbenchError, PluginError
+from harmbench.errors import ConfigError, DataError, HarmbenchError, PluginError
 from harmbench.leaderboard import write_leaderboards
 from harmbench.plugins import Registry
 from harmbench.progress import progress as progress_bar
@@ -327,8 +327,14 @@ class Runner:
             if "seed" in cls._param_names() and "seed" not in params:
                 params["seed"] = self.suite.seed
             return self._instantiate(cls, Component(label=name, plugin=name, params=params), "dataset")
-        if Path(name).exists() or "/" in name or name.endswith((".csv", ".tsv")):
+        if Path(name).exists():
             return LocalDataset(name)
+        if "/" in name or name.endswith((".csv", ".tsv")):
+            known = ", ".join(self.registry.names("datasets")) or "none"
+            raise DataError(
+                f"dataset {name!r}: no such file or folder ({Path(name).absolute()}); "
+                f"give a BIDS-like folder, a CSV/TSV manifest, or a registered dataset ({known})"
+            )
         self.registry.dataset(name)  # raises with the close matches
         raise AssertionError("unreachable")
 

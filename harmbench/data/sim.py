@@ -1,4 +1,4 @@
-"""`harmbench-sim`: a simulated traveling-subject cohort (DESIGN §3).
+"""`harmbench-sim`: a simulated traveling-subject cohort (docs/design.md §3).
 
 Anatomy comes from the MNI152 2009 template that nilearn ships inside its
 wheel (GM and WM probability maps and the brain mask; CSF = mask − GM − WM,
@@ -704,9 +704,10 @@ def _unit_polynomial(coef: np.ndarray, max_order: int, u: np.ndarray) -> np.ndar
 # low-order), fixed per site. Each scan adds a random quadratic of this fraction of the site's strength: coil
 # loading and the head's position in an array coil change the sensitivities beyond a rigid shift (assumption).
 _SCAN_BIAS_FRACTION = 0.3
-# Transmit field: a per-scan random left-right / front-back / up-down tilt of this fraction of the site's amplitude
-# on top of the centre-brightening (head shape and position in the body coil; assumption).
-_TRANSMIT_TILT = 0.25
+# Transmit field: the centre-brightening standing-wave pattern is set by the head's own dielectric properties, so
+# it moves with the head (Sled & Pike 1998); the head's position in the transmit coil adds a per-scan random
+# left-right / front-back / up-down tilt of this fraction of the site's amplitude (a few percent; assumption).
+_TRANSMIT_TILT = 0.1
 # Where the head sits in the coil, per scan: translation SD per axis (mm) and rotation SD per axis (degrees).
 # Typical repositioning between sessions is a few millimetres and degrees (assumption).
 _POSITION_SD_MM = 4.0
@@ -747,11 +748,12 @@ class ScanFields:
 
 
 def scan_fields(site: SiteSpec, head_scale: np.ndarray, seed: int, rng: np.random.Generator) -> ScanFields:
-    """Draw one scan's head pose and evaluate the site's receive, transmit and g-factor fields in the head's frame.
+    """Draw one scan's head pose and evaluate the site's receive, transmit and g-factor fields at the control points.
 
-    The anatomy stays on the common grid (as if registered); the head moving in the coil shows as the fields moving
-    relative to the anatomy. Draws always happen in the same order, whatever the site's strengths, so switching
-    one effect off leaves every other random draw unchanged.
+    The anatomy stays on the common grid (as if registered); the head moving in the coil shows as the coil-bound
+    fields (receive sensitivity, g-factor) moving relative to the anatomy. The transmit pattern follows the head,
+    tilted by the head's position in the coil. Draws always happen in the same order, whatever the site's
+    strengths, so switching one effect off leaves every other random draw unchanged.
     """
     angles = _ROTATION_SD_DEG * rng.standard_normal(3)
     shift = _POSITION_SD_MM * rng.standard_normal(3)
@@ -767,7 +769,8 @@ def scan_fields(site: SiteSpec, head_scale: np.ndarray, seed: int, rng: np.rando
     log_receive = site.bias * (
         _unit_polynomial(_site_coil(site.key, seed), 3, u) + _SCAN_BIAS_FRACTION * _unit_polynomial(scan_coef, 2, u)
     )
-    transmit = 1.0 + site.transmit * ((1.0 - 2.0 * rho2) + _TRANSMIT_TILT * (tilt @ u))
+    head = (lattice - _HEAD_CENTRE[:, None]) / _HEAD_RADII[:, None]
+    transmit = 1.0 + site.transmit * ((1.0 - 2.0 * (head**2).sum(axis=0)) + _TRANSMIT_TILT * (tilt @ u))
     g_map = 1.0 + (site.g_factor - 1.0) * np.exp(-rho2 / (2 * _G_FACTOR_WIDTH**2))
     return ScanFields(coil, np.exp(log_receive), np.clip(transmit, 0.3, 1.7), g_map)
 
