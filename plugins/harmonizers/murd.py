@@ -407,6 +407,7 @@ class MURDHarmonizer(Harmonizer):
         alignment_weight: float = 0.01,
         r1_weight: float = 1.0,
         diversity_weight: float = 1.0,
+        content_noise_std: float = 1.0,
         n_style_samples: int = 1000,
         checkpoint_every: int = 100,
         device: str = "cpu",
@@ -435,6 +436,7 @@ class MURDHarmonizer(Harmonizer):
         self.alignment_weight = alignment_weight
         self.r1_weight = r1_weight
         self.diversity_weight = diversity_weight
+        self.content_noise_std = content_noise_std
         self.n_style_samples = n_style_samples
         self.checkpoint_every = checkpoint_every
         self.device = device
@@ -495,6 +497,7 @@ class MURDHarmonizer(Harmonizer):
             "gradient_weight",
             "alignment_weight",
             "r1_weight",
+            "content_noise_std",
         ):
             check_number(name, key, getattr(self, key), minimum=0.0)
         check_number(name, "diversity_weight", self.diversity_weight, minimum=-math.inf)
@@ -721,11 +724,10 @@ class MURDHarmonizer(Harmonizer):
         checkpoint.clear()
         return ema, losses, total
 
-    @staticmethod
-    def _content_noise(nets: _Networks, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The authors' N(0, 1) noise layer on the content code (training only), drawn from the seeded stream."""
+    def _content_noise(self, nets: _Networks, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The authors' Gaussian noise layer on the content code (training only), from the seeded stream."""
         shape = (x.shape[0], nets.content.out_channels, *(n // nets.content.stride for n in x.shape[-2:]))
-        return torch.randn(shape, generator=generator).to(x.device)
+        return (float(self.content_noise_std) * torch.randn(shape, generator=generator)).to(x.device)
 
     def _update_ema(self, ema: _Networks, nets: _Networks, step: int) -> None:
         decay = min(float(self.ema_decay), (1.0 + step) / (10.0 + step))
