@@ -24,6 +24,7 @@ import numpy as np
 
 from harmbench.data.scan import Cohort, Scan
 from harmbench.errors import ConfigError, NotFittedError, PluginError
+from harmbench.results import atomic_path, atomic_write_text
 
 __all__ = [
     "AXES",
@@ -139,6 +140,17 @@ class _Parametrised:
     def get_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._param_names()}
 
+    def validate_params(self) -> None:
+        """Raise `harmbench.errors.ConfigError` naming any parameter whose value is unusable.
+
+        The runner calls it on every harmonizer and evaluator of a suite before any compute, so a bad value
+        fails the run in a second rather than after an hour's fit. Override it to check your parameters;
+        the default runs the plugin's ``_validate()`` when it has one (the built-in plugins' convention).
+        """
+        check = getattr(self, "_validate", None)
+        if callable(check):
+            check()
+
     def set_params(self, **params: Any) -> _Parametrised:
         valid = set(self._param_names())
         for key, value in params.items():
@@ -220,15 +232,17 @@ class Harmonizer(_Parametrised, ABC):
         for key, value in state.items():
             if value.dtype == object:
                 raise PluginError(f"harmonizer {self.meta.name!r}: state entry {key!r} is an object array")
-        tmp = directory / "state.tmp.npz"
-        np.savez(tmp, **state)
-        tmp.replace(directory / "state.npz")
-        (directory / "params.json").write_text(
+        # each file under a unique temporary name, renamed into place: two runs saving into one folder
+        # never interleave, and a reader sees the old file or the new one, never half of one
+        with atomic_path(directory / "state.npz") as tmp:
+            np.savez(tmp, **state)
+        atomic_write_text(
+            directory / "params.json",
             json.dumps(
                 {"name": self.meta.name, "version": self.meta.version, "params": self.get_params()},
                 sort_keys=True,
                 default=str,
-            )
+            ),
         )
 
     def load(self, directory: str | Path) -> Harmonizer:

@@ -7,6 +7,8 @@ A suite is TOML::
     seed = 0
     harmonizers = ["identity", "histogram", "ssimh"]
     evaluators = ["wasserstein", "paired", "volume"]
+    seeds = [0, 1, 2]                 # optional: fit seeds of stochastic methods (default: [seed])
+    baselines = ["identity"]          # optional: every method's paired difference against these
 
     [dataset]            # a registered dataset name, or a path to a BIDS folder / manifest
     name = "harmbench-sim"
@@ -60,8 +62,21 @@ class Suite:
     evaluators: tuple[Component, ...] = ()
     device: str = "cpu"
     cell_timeout_s: float | None = None
-    #: Add the oracle row (each test subject's real target-site scan scored as the output).
+    #: Add the reference row: the scan-rescan ceiling (each test subject's target-site rescan scored as the
+    #: output), or the oracle (the target-site scan itself) where the data has no rescans.
     oracle: bool = True
+    #: Fit seeds for stochastic harmonizers (``meta.stochastic``): each is fitted once per seed and the
+    #: leaderboard averages them and shows the between-seed spread. Empty: the suite's ``seed`` only.
+    seeds: tuple[int, ...] = ()
+    #: Harmonizers every method is compared with (paired differences, Holm-corrected tests).
+    baselines: tuple[str, ...] = ()
+    #: Where the suite came from (a file path, ``<built-in NAME suite>``, or empty); error messages name it.
+    source: str = field(default="", compare=False)
+
+    @property
+    def fit_seeds(self) -> tuple[int, ...]:
+        """The seeds a stochastic harmonizer is fitted with (deterministic ones use ``seed`` alone)."""
+        return self.seeds or (self.seed,)
 
     def replace(self, **changes: Any) -> Suite:
         return dataclasses.replace(self, **changes)
@@ -76,6 +91,8 @@ class Suite:
                 "evaluators": [c.label for c in self.evaluators],
                 "device": self.device,
                 "oracle": self.oracle,
+                **({"seeds": list(self.seeds)} if self.seeds else {}),
+                **({"baselines": list(self.baselines)} if self.baselines else {}),
             },
             "dataset": {"name": self.dataset, **self.dataset_params},
         }
@@ -103,12 +120,75 @@ class Suite:
         return tomli_w.dumps(doc)
 
 
-def _components(kind: str, labels: Any, tables: Any, where: str) -> tuple[Component, ...]:
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ConfigError(f"{where}: [suite] {kind} must be a list of names")
+def _describe(value: Any) -> str:
+    kind = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list", dict: "a table"}
+    return f"{kind.get(type(value), type(value).__name__)} ({value!r})"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: [table] → key → (check, what the value must be). Every key a suite may hold is listed here.
+_FIELDS: dict[str, dict[str, tuple[Any, str]]] = {
+    "suite": {
+        "name": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
+        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+        "harmonizers": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
+        "evaluators": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
+        "device": (lambda v: isinstance(v, str) and v.strip() != "", "a device string such as 'cpu' or 'cuda'"),
+        "cell_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+        "oracle": (lambda v: isinstance(v, bool), "true or false"),
+        "seeds": (
+            lambda v: (
+                isinstance(v, list)
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+                and len(set(v)) == len(v)
+            ),
+            "a list of distinct non-negative integers",
+        ),
+        "baselines": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
+    },
+    "protocol": {
+        "target_site": (lambda v: isinstance(v, str) and v != "", "a site name (string)"),
+        "unseen_sites": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of site names"),
+        "n_test_subjects": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    },
+    "dataset": {
+        "name": (lambda v: isinstance(v, str) and v != "", "a dataset name or a path (string)"),
+    },
+}
+
+
+def _check_table(doc: dict[str, Any], table: str, where: str, *, open_keys: bool = False) -> dict[str, Any]:
+    """The table's contents after checking each known key's type; an unknown key is an error unless
+    ``open_keys`` (the dataset table passes its other keys on to the dataset as parameters)."""
+    value = doc.get(table, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{table}] must be a table, got {_describe(value)}")
+    fields = _FIELDS[table]
+    for key, item in value.items():
+        if key not in fields:
+            if open_keys:
+                continue
+            raise ConfigError(f"{where}: unknown [{table}] key {key!r} (known: {', '.join(fields)})")
+        check, expected = fields[key]
+        if not check(item):
+            hint = ' (write a list: ["..."])' if isinstance(item, str) and expected.startswith("a list") else ""
+            raise ConfigError(f"{where}: [{table}] {key} must be {expected}, got {_describe(item)}{hint}")
+    return dict(value)
+
+
+def _components(kind: str, labels: list[str], tables: Any, where: str) -> tuple[Component, ...]:
     if not isinstance(tables, dict):
-        raise ConfigError(f"{where}: [{kind}] must be a table of tables")
+        raise ConfigError(f"{where}: [{kind}] must be a table of tables, got {_describe(tables)}")
     out = []
+    for label, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [{kind}] {label} must be a table ([{kind}.{label}]), got {_describe(table)}")
+        plugin = table.get("plugin", label)
+        if not isinstance(plugin, str) or not plugin:
+            raise ConfigError(f"{where}: [{kind}.{label}] plugin must be a name (string), got {_describe(plugin)}")
     for label in labels:
         params = dict(tables.get(label, {}))
         plugin = params.pop("plugin", label)
@@ -116,46 +196,45 @@ def _components(kind: str, labels: Any, tables: Any, where: str) -> tuple[Compon
     unknown = sorted(set(tables) - set(labels))
     if unknown:
         raise ConfigError(f"{where}: [{kind}.{unknown[0]}] configures a {kind[:-1]} not listed in [suite] {kind}")
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"{where}: [suite] {kind} lists a name twice")
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ConfigError(f"{where}: [suite] {kind} lists {twice[0]!r} twice")
     return tuple(out)
 
 
 def parse_suite(doc: dict[str, Any], where: str) -> Suite:
+    """Check every table and key of a parsed suite file (types, unknown keys) and build the `Suite`.
+
+    Errors are one line naming ``where``, the table and the key; plugin parameters are checked later, by the
+    plugins themselves, when the runner instantiates them before any compute (`harmbench.runner.Runner`).
+    """
     known = {"suite", "dataset", "protocol", "harmonizers", "evaluators"}
     extra = sorted(set(doc) - known)
     if extra:
         raise ConfigError(f"{where}: unknown table [{extra[0]}] (known: {', '.join(sorted(known))})")
-    head = dict(doc.get("suite", {}))
-    dataset = dict(doc.get("dataset", {}))
-    protocol = dict(doc.get("protocol", {}))
-    unknown_protocol = sorted(set(protocol) - {"target_site", "unseen_sites", "n_test_subjects"})
-    if unknown_protocol:
-        raise ConfigError(f"{where}: unknown [protocol] key {unknown_protocol[0]!r}")
-    known_head = {"name", "seed", "harmonizers", "evaluators", "device", "cell_timeout_s", "oracle"}
-    unknown_head = sorted(set(head) - known_head)
-    if unknown_head:
-        raise ConfigError(f"{where}: unknown [suite] key {unknown_head[0]!r}")
-    seed = head.get("seed", 0)
-    if not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"{where}: [suite] seed must be a non-negative integer")
-    oracle = head.get("oracle", True)
-    if not isinstance(oracle, bool):
-        raise ConfigError(f"{where}: [suite] oracle must be true or false")
+    head = _check_table(doc, "suite", where)
+    dataset = _check_table(doc, "dataset", where, open_keys=True)
+    protocol = _check_table(doc, "protocol", where)
     unseen = protocol.get("unseen_sites")
+    unknown_baselines = [b for b in head.get("baselines", []) if b not in head.get("harmonizers", [])]
+    if unknown_baselines:
+        raise ConfigError(f"{where}: [suite] baselines names {unknown_baselines[0]!r}, not one of its harmonizers")
     return Suite(
-        name=str(head.get("name", Path(where).stem)),
-        seed=seed,
-        dataset=str(dataset.pop("name", "harmbench-sim")),
+        name=head.get("name", Path(where).stem),
+        seed=head.get("seed", 0),
+        dataset=dataset.pop("name", "harmbench-sim"),
         dataset_params=dataset,
         target_site=protocol.get("target_site"),
         unseen_sites=tuple(unseen) if unseen is not None else None,
         n_test_subjects=protocol.get("n_test_subjects"),
         harmonizers=_components("harmonizers", head.get("harmonizers", []), doc.get("harmonizers", {}), where),
         evaluators=_components("evaluators", head.get("evaluators", []), doc.get("evaluators", {}), where),
-        device=str(head.get("device", "cpu")),
-        cell_timeout_s=head.get("cell_timeout_s"),
-        oracle=oracle,
+        device=head.get("device", "cpu"),
+        cell_timeout_s=float(head["cell_timeout_s"]) if "cell_timeout_s" in head else None,
+        oracle=head.get("oracle", True),
+        seeds=tuple(head.get("seeds", ())),
+        baselines=tuple(head.get("baselines", ())),
+        source=where,
     )
 
 

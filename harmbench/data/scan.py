@@ -69,6 +69,26 @@ class Scan:
     def describe(self) -> str:
         return self.source or self.key
 
+    def read_only(self) -> Scan:
+        """This scan with read-only views of ``data``, ``affine``, ``mask`` and ``labels`` (no copy).
+
+        The runner hands every plugin read-only scans, so a plugin that writes into its input (``scan.data *=
+        2``) fails its own cell with numpy's "assignment destination is read-only" instead of silently
+        changing what the next plugin sees. Views leave the arrays' owner free to write its own copy.
+        A plugin that needs scratch space copies (``scan.with_data(scan.data.copy())``).
+        """
+
+        def view(array: np.ndarray | None) -> np.ndarray | None:
+            if not isinstance(array, np.ndarray):
+                return array
+            out = array.view()
+            out.flags.writeable = False
+            return out
+
+        return dataclasses.replace(
+            self, data=view(self.data), affine=view(self.affine), mask=view(self.mask), labels=view(self.labels)
+        )
+
 
 class Cohort:
     """An ordered set of scans with a tidy manifest (one row per scan).
@@ -135,6 +155,10 @@ class Cohort:
             if s.subject == subject and s.site == site and s.session == RESCAN_SESSION:
                 return s
         return None
+
+    def read_only(self) -> Cohort:
+        """The same cohort with every scan's arrays as read-only views (`Scan.read_only`)."""
+        return Cohort([scan.read_only() for scan in self.scans], name=self.name)
 
     def without_rescans(self) -> Cohort:
         return self.filter(lambda s: s.session != RESCAN_SESSION)

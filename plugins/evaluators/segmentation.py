@@ -84,6 +84,7 @@ from harmbench.nn.runtime import (
 )
 from harmbench.nn.unet import UNet3d
 from harmbench.progress import progress as progress_bar
+from harmbench.results import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -336,10 +337,9 @@ class SegmentationEvaluator(PerScanEvaluator):
         return model
 
     def _save(self, model: UNet3d, scale: float, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, **module_state(model, STATE_PREFIX), scale=np.array(scale, dtype=np.float64))
-        tmp.replace(path)
+        # a unique temporary name, renamed into place: two runs sharing a cache never write one file
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **module_state(model, STATE_PREFIX), scale=np.array(scale, dtype=np.float64))
 
     def _load(self, path: Path) -> tuple[UNet3d, float] | None:
         if not path.is_file():
