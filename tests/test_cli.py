@@ -203,12 +203,14 @@ def test_synth_writes_a_bids_folder_that_runs_as_a_users_dataset(tmp_path, capsy
 
     bids = tmp_path / "bids"
     assert main(["data", "synth", str(bids), "--subjects", "8", "--seed", "3"]) == 0
-    assert "48 scans" in capsys.readouterr().out
+    assert "56 scans (8 subjects × 6 sites + 8 rescans)" in capsys.readouterr().out  # a rescan at the target site
     loaded = load_bids(bids, progress=False)
     simulated = simulate_cohort("quick", 3, n_subjects=8)
     assert [s.key for s in sorted(loaded, key=lambda s: s.key)] == sorted(s.key for s in simulated)
     first = simulated.scans[0]
     np.testing.assert_array_equal(loaded.find(first.subject, first.site).data, first.data)
+    rescan = simulated.find_rescan(first.subject, first.site)
+    np.testing.assert_array_equal(loaded.find_rescan(first.subject, first.site).data, rescan.data)
     out = tmp_path / "out"
     args = ["--quiet", "run", "--dataset", str(bids), "--target-site", first.site, "--out", str(out)]
     extra = ["--harmonizers", "identity,histogram", "--evaluators", "wasserstein,paired"]
