@@ -233,3 +233,13 @@ def test_harmonizers_option_keeps_a_suite_variants_parameters_and_no_oracle(tmp_
     assert 'standard = "site"' in written and "oracle = false" in written
     results = pd.read_parquet(out / "results.parquet")
     assert set(results["harmonizer"]) == {"histogram-site"}
+
+
+def test_repeats_fits_stochastic_methods_once_per_seed_from_the_suite_seed(tmp_path, capsys):
+    suite = tiny_suite_file(tmp_path, harmonizers=("identity", "hail"))
+    args = [*TINY_ARGS, "run", str(suite), "--out", str(tmp_path / "out"), "--seed", "4", "--repeats", "3"]
+    assert main([*args, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert all(f"hail (seed {s})" in plan for s in (4, 5, 6)) and "hail (seed 7)" not in plan
+    assert "identity (seed" not in plan  # deterministic: fitted once
+    assert main([*TINY_ARGS, "run", str(suite), "--repeats", "0"]) == 2
