@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import harmbench
-from harmbench.errors import HarmbenchError
+from harmbench.errors import DataError, HarmbenchError
 
 log = logging.getLogger("harmbench")
 
@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="torch device for methods that support it, e.g. cpu or cuda (default: cpu)")
     run.add_argument("-o", "--out", type=Path, help="output folder (default: leaderboards/<suite name>)")
     run.add_argument("--seed", type=int, help="seed for the split, simulator and training (default: the suite's)")
+    run.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="fit stochastic methods N times, with seeds SEED..SEED+N-1 (replaces the suite's seeds)",
+    )
     run.add_argument("--save-images", action="store_true", help="write harmonized volumes under OUT/images/")
     run.add_argument("--retry-failed", action="store_true", help="recompute cells that failed in an earlier run")
     run.add_argument("--cell-timeout", type=float, help="seconds after which a plugin's fit/transform/evaluate fails")
@@ -143,6 +149,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if names:
             configured = {c.label: c for c in getattr(suite, kind)}
             changes[kind] = tuple(configured.get(c.label, c) for c in components_from_names(names, kind))
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise HarmbenchError("--repeats must be at least 1")
+        seed = changes.get("seed", suite.seed)
+        changes["seeds"] = tuple(range(seed, seed + args.repeats))
     if args.cell_timeout is not None:
         changes["cell_timeout_s"] = args.cell_timeout
     if args.no_oracle:
@@ -228,12 +239,26 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harmbench.leaderboard import write_leaderboards
-    from harmbench.results import read_results
+    from harmbench.results import SCORES_FILE, read_results, read_scores
+    from harmbench.suite import load_suite
 
-    results = read_results(args.dir)
-    seed = args.seed if args.seed is not None else (int(results["seed"].iloc[0]) if len(results) else 0)
+    scores = args.dir / SCORES_FILE
+    results = read_scores(scores) if scores.exists() else read_results(args.dir)
+    # the bootstrap seed and the baselines are the run's (its suite file), unless --seed says otherwise
+    run_suite = load_suite(args.dir / "suite.toml") if (args.dir / "suite.toml").exists() else None
+    stored_seed = run_suite.seed if run_suite else (int(results["seed"].min()) if len(results) else 0)
+    seed = args.seed if args.seed is not None else stored_seed
     suite = str(results["suite"].iloc[0]) if len(results) else args.dir.name
-    paths = write_leaderboards(results, args.dir, seed=seed, title=f"harmbench leaderboard: {suite}")
+    try:
+        paths = write_leaderboards(
+            results,
+            args.dir,
+            seed=seed,
+            title=f"harmbench leaderboard: {suite}",
+            baselines=run_suite.baselines if run_suite else (),
+        )
+    except ValueError as exc:  # the table is readable but not one leaderboard's worth (mixed suites, bad values)
+        raise DataError(f"{args.dir / 'results.parquet'}: cannot build a leaderboard ({exc})") from exc
     sys.stdout.write(f"leaderboard: {paths['md']}\n")
     return 0
 

@@ -580,7 +580,8 @@ class CheckResult:
 
 
 def _summary(func: Callable[..., Any]) -> str:
-    return ((func.__doc__ or "").strip().splitlines() or [""])[0].replace("``", "")
+    first_paragraph = (func.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(first_paragraph.split()).replace("``", "")
 
 
 def _run_one(name: str, func: Callable[[], None], summary: str) -> CheckResult:
@@ -588,6 +589,7 @@ def _run_one(name: str, func: Callable[[], None], summary: str) -> CheckResult:
     try:
         func()
     except AssertionError as exc:
+        log.debug("%s failed", name, exc_info=True)  # `harmbench --debug check` shows where
         message = str(exc)
         prefix = f"[{name}] "
         reason = message[len(prefix) :] if message.startswith(prefix) else message

@@ -23,7 +23,7 @@ TINY_DATASET = {"profile": "quick", "n_subjects": 8, "voxel_mm": 8}
 def tiny_cohort() -> Cohort:
     """Six subjects, each at every simulated site, 8 mm voxels; read-only, as the runner hands scans to plugins,
     so a plugin test fails where the plugin writes into its input."""
-    return simulate_cohort("quick", seed=0, n_subjects=6, voxel_mm=8).make_read_only()
+    return simulate_cohort("quick", seed=0, n_subjects=6, voxel_mm=8).read_only()
 
 
 class TinySplit(NamedTuple):

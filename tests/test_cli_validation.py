@@ -60,7 +60,7 @@ def test_missing_dataset_path_is_one_line(tmp_path):
     _one_line_error(proc, "dataset 'missing.csv': no such file or folder")
 
 
-@pytest.mark.parametrize("kind", ["absent", "corrupt", "foreign"])
+@pytest.mark.parametrize("kind", ["absent", "corrupt", "foreign", "mixed"])
 def test_leaderboard_errors_are_one_line(tmp_path, kind):
     folder = tmp_path / "run"
     if kind != "absent":
@@ -71,8 +71,20 @@ def test_leaderboard_errors_are_one_line(tmp_path, kind):
         import pandas as pd
 
         pd.DataFrame({"x": [1.0]}).to_parquet(folder / "results.parquet")
+    elif kind == "mixed":
+        from harmbench.results import to_frame
+
+        row = {"dataset": "d", "scenario": "seen", "harmonizer": "h", "evaluator": "e", "metric": "m", "value": 1.0}
+        row |= {"status": "ok", "higher_is_better": "higher", "main": True, "transductive": False, "seed": 0}
+        row |= {"device_dependent": False}
+        to_frame([{**row, "suite": "a"}, {**row, "suite": "b"}]).to_parquet(folder / "results.parquet")
     proc = run_cli("leaderboard", str(folder))
-    needle = {"absent": "no results here", "corrupt": "not a readable results table", "foreign": "missing column"}
+    needle = {
+        "absent": "no results here",
+        "corrupt": "not a readable results table",
+        "foreign": "missing column",
+        "mixed": "results mix several suites",
+    }
     _one_line_error(proc, needle[kind])
 
 

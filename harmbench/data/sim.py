@@ -3,8 +3,10 @@
 Anatomy comes from the MNI152 2009 template that nilearn ships inside its
 wheel (GM and WM probability maps and the brain mask; CSF = mask − GM − WM,
 renormalised), so nothing is downloaded. Each subject is a smooth random
-deformation of that anatomy with its own tissue properties (and, optionally,
-age-related atrophy); each site is a scanner model from ``sites.toml``:
+deformation of that anatomy with its own tissue properties, cortical thickness
+(a GM/WM boundary shift), ventricle size (a local dilation) and global atrophy,
+from documented ranges (see the constants below). Each site is a scanner model
+from ``sites.toml`` (every parameter there has its source):
 
 * tissue T1 / T2* depend on the field strength B0 (values at 1.5 T and 3 T,
   a power law in B0 through them elsewhere — Rooney et al. 2007, MRM 57:308;
@@ -12,15 +14,23 @@ age-related atrophy); each site is a scanner model from ``sites.toml``:
 * the sequence gives each tissue a signal: a steady-state MPRAGE model
   (Deichmann et al. 2000, NeuroImage 12:112; Wang et al. 2014, MRM 71:1760)
   or the spoiled gradient-echo (SPGR/FLASH) steady-state equation
-  ``S = PD · sin α · (1 − E1) / (1 − cos α · E1) · exp(−TE / T2*)``;
+  ``S = PD · sin α · (1 − E1) / (1 − cos α · E1) · exp(−TE / T2*)``, with the
+  flip angle scaled voxel by voxel by the transmit (B1+) field, so the
+  transmit field changes contrast, not only brightness;
 * partial volume: a voxel's signal is the sum of its tissue fractions times
-  the tissue signals;
-* a smooth multiplicative receive bias field, a Gaussian point-spread function
-  (slice thickness), a vendor gain, and Rician magnitude noise
-  (Gudbjartsson & Patz 1995, MRM 34:910).
+  the tissue signals, on an object grid finer than the common grid along z;
+* a receive (B1−) sensitivity drawn per scan: the site's coil pattern seen
+  from the head's own position and size in the coil, plus a per-scan
+  perturbation;
+* the acquisition: k-space truncated to the site's voxel size along each axis
+  (blur and Gibbs ringing) with an optional vendor window, then averaged onto
+  the common grid; a vendor gain; Rician magnitude noise (Gudbjartsson & Patz
+  1995, MRM 34:910) scaled by a parallel-imaging g-factor map.
 
-Every subject is scanned at every site: labels and mask of a subject are the
-same array at every site, and its scans differ only by the scanner.
+Every subject is scanned at every site, and again at the rescan sites (session
+``"rescan"``: new head position, fields and noise). Labels and mask of a
+subject are the same array in every scan; the anatomy stays on the common
+grid as if registered.
 
 All randomness comes from ``numpy.random.Generator`` objects seeded with
 ``SeedSequence`` entropy ``[seed, stream, subject_index, ...]``, so a subject's

@@ -269,7 +269,7 @@ class CycleGANHarmonizer(Harmonizer):
     def __init__(
         self,
         generator: str = "resnet",
-        filters: int = 16,
+        filters: int = 8,
         n_down: int = 2,
         n_blocks: int = 3,
         unet_levels: int = 3,
@@ -277,7 +277,7 @@ class CycleGANHarmonizer(Harmonizer):
         disc_layers: int = 3,
         slice_size: int = 0,
         batch_size: int = 4,
-        steps: int = 400,
+        steps: int = 200,
         learning_rate: float = 2e-4,
         decay_fraction: float = 0.5,
         beta1: float = 0.5,
