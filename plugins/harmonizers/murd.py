@@ -85,6 +85,11 @@ and 19.5 / 0.92, identity 3.4 / 0.35 and 6.0 / 0.67: at this CPU budget MURD mat
 PSNR on seen sites but blurs (lower SSIM), and it does not exploit that the simulator's unseen sites are
 close to the target once rescaled.
 
+Cost (``murd`` defaults, 4 training sites, 12 training scans, measured as process CPU time with one torch
+thread because the machine was shared; wall time on two free cores is lower): training 0.40 s per step at the
+quick profile (4 mm, 48×56 slices), 0.48 s at 3 mm (64×72): a fit is about 80 s and 96 s of CPU time;
+transform 0.20 s and 0.43 s of CPU time per volume.
+
 Pre- and post-processing: each volume is divided by the 95th percentile of its brain voxels, clipped to
 [0, 2] and mapped linearly to [−1, 1] (tanh range), background (outside the brain mask) at −1. Axial slices
 with three-slice context (edge slices repeated) go through the networks; each voxel's output is the mean
