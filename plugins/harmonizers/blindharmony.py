@@ -87,6 +87,15 @@ Departures from the paper, and why:
 * **Slices.** Axial slices of the common grid (``harmbench.nn.slices``), zero-padded to a multiple of
   ``2**levels`` instead of the authors' 144×176 crops.
 
+Measured (3 mm grid 64×72×64, 10 target-site training scans, 6 test subjects, one torch thread on a shared
+machine, so CPU seconds are quoted): fit 75 s, transform 0.58–0.66 s per volume. Against the traveling
+subject's target scan (PSNR/SSIM each image by its own p99, as the ``paired`` evaluator; nWD(t,p) the
+``wasserstein`` ratio, 1 = identity), seen / unseen sources: PSNR 15.26 / 18.69 dB against 15.14 / 18.59 for
+identity and the per-scan ``scale`` baseline and 14.52 / 17.45 for ``histogram``; SSIM 0.828 / 0.884 against
+0.827 / 0.883 (identity, scale) and 0.834 / 0.880 (histogram); nWD(t,p) 0.21 / 0.11 against 0.39 / 0.24
+(scale) and 0.08 / 0.07 (histogram). The paper reports PSNR rising from 21.5 to 22.2 dB on its data; here
+the gain over the source is about 0.1 dB with the small CPU flow.
+
 Determinism: weights, permutations, slice draws and dequantisation noise come from a seed taken from the
 ``rng`` given to ``fit`` (`harmbench.nn.runtime.seeded`); the transform draws nothing. On the CPU two fits
 with one seed give the same output within float tolerance. CUDA trains and harmonizes in float32 (the spline
