@@ -1,7 +1,7 @@
 """The ``harmbench`` command line.
 
 Errors a user can act on print as one line ``harmbench: error: …`` and exit 2;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. A run in which any cell failed exits 1.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import harmbench
-from harmbench.errors import HarmbenchError
+from harmbench.errors import DataError, HarmbenchError
 
 log = logging.getLogger("harmbench")
 
@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         "suite", nargs="?", help="suite TOML file, or a built-in suite's name: default, throughput (default: default)"
     )
     run.add_argument("--dataset", help="registered dataset name, or a BIDS-like folder / CSV manifest path")
-    run.add_argument("--profile", choices=["quick", "standard", "full"], help="simulator profile (simulated data)")
+    run.add_argument(
+        "--profile", choices=["quick", "default", "standard", "full"], help="simulator profile (simulated data)"
+    )
     run.add_argument("--target-site", help="site every scan is harmonized to (default: the dataset's)")
     run.add_argument("--unseen-sites", type=_csv, help="comma-separated sites held out of training")
     run.add_argument("--harmonizers", help="comma-separated harmonizer names (replaces the suite's list)")
@@ -53,17 +55,51 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="torch device for methods that support it, e.g. cpu or cuda (default: cpu)")
     run.add_argument("-o", "--out", type=Path, help="output folder (default: leaderboards/<suite name>)")
     run.add_argument("--seed", type=int, help="seed for the split, simulator and training (default: the suite's)")
+    run.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="fit stochastic methods N times, with seeds SEED..SEED+N-1 (replaces the suite's seeds)",
+    )
     run.add_argument("--save-images", action="store_true", help="write harmonized volumes under OUT/images/")
     run.add_argument("--retry-failed", action="store_true", help="recompute cells that failed in an earlier run")
     run.add_argument("--cell-timeout", type=float, help="seconds after which a plugin's fit/transform/evaluate fails")
     run.add_argument(
         "--no-oracle", action="store_true", help="leave out the oracle row (the real target-site scan as output)"
     )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (cells cached or to compute, models to fit or reuse) and exit without computing",
+    )
 
     lst = sub.add_parser("list", help="list registered harmonizers, evaluators or datasets")
     lst.add_argument("kind", nargs="?", choices=["harmonizers", "evaluators", "datasets"], help="what to list")
 
-    sub.add_parser("plugins", help="list loaded plugins with their distribution and version")
+    sub.add_parser("plugins", help="list loaded plugins with their distribution and version, and broken ones")
+
+    check = sub.add_parser(
+        "check",
+        help="run the conformance checks on an installed harmonizer or evaluator",
+        description="Check an installed harmonizer or evaluator against the plugin contract on a small simulated "
+        "cohort; prints one line per check with the reason, and exits 1 when any check fails.",
+    )
+    check.add_argument("name", help="registered harmonizer or evaluator name (see `harmbench list`)")
+    check.add_argument("--kind", choices=["harmonizers", "evaluators"], help="when the name is both")
+    check.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="constructor parameter (TOML value)"
+    )
+    check.add_argument("--seed", type=int, default=0, help="seed for the cohort, split and fits (default: 0)")
+
+    new = sub.add_parser(
+        "new-plugin",
+        help="write a ready-to-edit plugin package (pyproject, module, tests)",
+        description="Write a new harmonizer or evaluator package, registered through the harmbench entry point, "
+        "whose tests run the conformance kit. See docs/submitting.md.",
+    )
+    new.add_argument("name", help="plugin name, lower case with dashes, e.g. my-method")
+    new.add_argument("--kind", choices=["harmonizer", "evaluator"], default="harmonizer", help="default: harmonizer")
+    new.add_argument("--out", type=Path, default=Path("."), help="folder to create the package in (default: .)")
 
     board = sub.add_parser("leaderboard", help="re-render leaderboards from stored results (no rerun)")
     board.add_argument("dir", type=Path, help="a run's output folder (holds results.parquet)")
@@ -73,10 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
     synth = data_sub.add_parser("synth", help="write the simulated cohort as a BIDS-like folder")
     synth.add_argument("out", type=Path, help="folder to create")
-    synth.add_argument("--profile", default="quick", choices=["quick", "standard", "full"], help="default: quick")
+    synth.add_argument(
+        "--profile", default="quick", choices=["quick", "default", "standard", "full"], help="default: quick"
+    )
     synth.add_argument("--seed", type=int, default=0, help="default: 0")
     synth.add_argument("--subjects", type=int, help="number of subjects (default: the profile's)")
     synth.add_argument("--sites-file", type=Path, help="TOML with extra or replacement sites")
+    effects = data_sub.add_parser(
+        "effects", help="how much of the site gap each simulated scanner effect accounts for (one seed)"
+    )
+    effects.add_argument("--profile", default="default", help="simulator profile (default: default)")
+    effects.add_argument("--seed", type=int, default=0, help="default: 0")
+    effects.add_argument("--subjects", type=int, default=4, help="subjects averaged over (default: 4)")
     return parser
 
 
@@ -105,6 +149,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if names:
             configured = {c.label: c for c in getattr(suite, kind)}
             changes[kind] = tuple(configured.get(c.label, c) for c in components_from_names(names, kind))
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise HarmbenchError("--repeats must be at least 1")
+        seed = changes.get("seed", suite.seed)
+        changes["seeds"] = tuple(range(seed, seed + args.repeats))
     if args.cell_timeout is not None:
         changes["cell_timeout_s"] = args.cell_timeout
     if args.no_oracle:
@@ -112,12 +161,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = suite.replace(**changes)
     out = args.out or Path("leaderboards") / suite.name
     runner = Runner(suite, out, progress=not args.quiet, save_images=args.save_images, retry_failed=args.retry_failed)
+    if args.dry_run:
+        sys.stdout.write(runner.dry_run().render())
+        return 0
     report = runner.run()
     log.info("%d cells, %d computed now, %d failed", report.cells_total, report.cells_computed, report.cells_failed)
     for failure in report.failures:
         log.warning("failed: %s", failure)
     sys.stdout.write(f"leaderboard: {report.leaderboards['md']}\n")
     sys.stdout.write(f"results:     {report.results_path}\n")
+    if report.cells_failed:
+        sys.stderr.write(
+            f"harmbench: {report.cells_failed} of {report.cells_total} cells failed; the reasons are in the "
+            f"leaderboard, the tracebacks under {out / 'errors'} (--retry-failed recomputes them)\n"
+        )
+        return EXIT_FAILED_CELLS
     return 0
 
 
@@ -154,26 +212,66 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from harmbench.plugins import Registry
 
-    for name, dist in Registry().plugins():
+    registry = Registry()
+    for name, dist in registry.plugins():
         sys.stdout.write(f"{name:<20} {dist}\n")
+    for broken in registry.broken:
+        sys.stdout.write(f"{broken.name:<20} {broken.distribution}  BROKEN: {broken.error}\n")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from harmbench.check import EXIT_CHECKS_FAILED, check_plugin, format_table, parse_param
+
+    params = dict(parse_param(p) for p in args.param)
+    kind, results = check_plugin(args.name, params, kind=args.kind, seed=args.seed)
+    sys.stdout.write(format_table(args.name, kind, results))
+    return 0 if all(r.passed for r in results) else EXIT_CHECKS_FAILED
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from harmbench.scaffold import write_plugin_package
+
+    folder = write_plugin_package(args.name, args.kind, args.out)
+    sys.stdout.write(f"wrote {folder}\nnext: pip install -e {folder} && pytest {folder}/tests\n")
     return 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harmbench.leaderboard import write_leaderboards
-    from harmbench.results import read_results
+    from harmbench.results import SCORES_FILE, read_results, read_scores
+    from harmbench.suite import load_suite
 
-    results = read_results(args.dir)
-    seed = args.seed if args.seed is not None else (int(results["seed"].iloc[0]) if len(results) else 0)
+    scores = args.dir / SCORES_FILE
+    results = read_scores(scores) if scores.exists() else read_results(args.dir)
+    # the bootstrap seed and the baselines are the run's (its suite file), unless --seed says otherwise
+    run_suite = load_suite(args.dir / "suite.toml") if (args.dir / "suite.toml").exists() else None
+    stored_seed = run_suite.seed if run_suite else (int(results["seed"].min()) if len(results) else 0)
+    seed = args.seed if args.seed is not None else stored_seed
     suite = str(results["suite"].iloc[0]) if len(results) else args.dir.name
-    paths = write_leaderboards(results, args.dir, seed=seed, title=f"harmbench leaderboard: {suite}")
+    try:
+        paths = write_leaderboards(
+            results,
+            args.dir,
+            seed=seed,
+            title=f"harmbench leaderboard: {suite}",
+            baselines=run_suite.baselines if run_suite else (),
+        )
+    except ValueError as exc:  # the table is readable but not one leaderboard's worth (mixed suites, bad values)
+        raise DataError(f"{args.dir / 'results.parquet'}: cannot build a leaderboard ({exc})") from exc
     sys.stdout.write(f"leaderboard: {paths['md']}\n")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "effects":
+        from harmbench.data.effects import effect_ablation, format_table
+
+        table = effect_ablation(args.profile, args.seed, n_subjects=args.subjects)
+        sys.stdout.write(format_table(table) + "\n")
+        return 0
     if args.data_command != "synth":
-        raise HarmbenchError("usage: harmbench data synth OUT")
+        raise HarmbenchError("usage: harmbench data synth OUT | harmbench data effects")
     from harmbench.data.io import write_bids
     from harmbench.data.sim import load_sites, simulate_cohort
 
@@ -186,7 +284,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins, "leaderboard": cmd_leaderboard, "data": cmd_data}
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "plugins": cmd_plugins,
+    "check": cmd_check,
+    "new-plugin": cmd_new_plugin,
+    "leaderboard": cmd_leaderboard,
+    "data": cmd_data,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,6 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except HarmbenchError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"harmbench: error: {exc}\n")
+        return EXIT_ERROR
+    except OSError as exc:  # the file system refused (permissions, disk full, a path that is a file): say which
         if args.debug:
             raise
         sys.stderr.write(f"harmbench: error: {exc}\n")

@@ -8,7 +8,7 @@ class HarmbenchError(Exception):
 
 
 class DataError(HarmbenchError):
-    """Input data is unreadable or violates the data contract (DESIGN §3)."""
+    """Input data is unreadable or violates the data contract (docs/design.md §3)."""
 
 
 class PluginError(HarmbenchError):

@@ -1,4 +1,4 @@
-"""The evaluation protocol (DESIGN §4): sites → train/test split → scenarios.
+"""The evaluation protocol (docs/design.md §4): sites → train/test split → scenarios.
 
 - Sites split into *seen* (training) and *unseen*; the target site is seen.
 - Test subjects are traveling subjects (scanned at the target site and at

@@ -8,6 +8,7 @@ computes only the cells that are missing (the mteb model).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -52,6 +53,37 @@ COLUMNS: tuple[str, ...] = (
     "finished",
 )
 STATUSES = ("ok", "failed", "not_applicable")
+
+#: The per-scan scores file of a run: what the leaderboards are rendered from.
+SCORES_FILE = "scores.csv"
+#: Its columns: the results' columns that the leaderboard reads, and nothing that changes between two runs of
+#: the same suite on the same machine (no timestamps, cell ids, versions or fit provenance).
+SCORE_COLUMNS: tuple[str, ...] = (
+    "suite",
+    "dataset",
+    "scenario",
+    "harmonizer",
+    "role",
+    "params_hash",
+    "transductive",
+    "seed",
+    "evaluator",
+    "metric",
+    "axis",
+    "higher_is_better",
+    "ideal",
+    "unit",
+    "main",
+    "device_dependent",
+    "device",
+    "subject",
+    "site",
+    "status",
+    "value",
+    "error",
+)
+_SCORE_SORT = ("scenario", "harmonizer", "params_hash", "seed", "evaluator", "metric", "subject", "site")
+_SCORE_BOOLS = ("transductive", "main", "device_dependent")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -144,6 +176,37 @@ class ResultStore:
         path = self.out_dir / "results.parquet"
         atomic_write_bytes(path, frame.to_parquet(index=False))
         return path
+
+
+def scores_csv(results: pd.DataFrame) -> str:
+    """The per-scan scores as CSV text, a deterministic function of the rows (not of their order).
+
+    Rows are sorted by scenario, harmonizer, parameters, seed, evaluator, metric, subject and site;
+    values are written with 17 significant digits, which reads back to the same float, so a leaderboard
+    rendered from this text equals one rendered from the table it came from.
+    """
+    frame = to_frame(results.to_dict("records")) if set(COLUMNS) - set(results.columns) else results
+    frame = frame[list(SCORE_COLUMNS)].copy()
+    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").fillna(0).astype("int64")
+    for col in ("subject", "site", "params_hash", "error", "unit", "device", "higher_is_better"):
+        frame[col] = frame[col].fillna("").astype(str)
+    frame = frame.sort_values(list(_SCORE_SORT), kind="mergesort")
+    return frame.to_csv(index=False, lineterminator="\n", float_format="%.17g", na_rep="")
+
+
+def read_scores(path: str | Path) -> pd.DataFrame:
+    """A scores file written by :func:`scores_csv`, with the results' types."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = set(SCORE_COLUMNS) - set(frame.columns)
+    if missing:
+        raise DataError(f"{path}: not a scores file (missing columns {sorted(missing)})")
+    for col in ("value", "ideal"):
+        # Python's float() reads a 17-digit decimal back to the very float that wrote it (pandas' parser may not)
+        frame[col] = frame[col].map(lambda text: float(text) if text else math.nan).astype(float)
+    frame["seed"] = frame["seed"].astype("int64")
+    for col in _SCORE_BOOLS:
+        frame[col] = frame[col].map({"True": True, "False": False}).astype(bool)
+    return frame
 
 
 def read_results(out_dir: str | Path) -> pd.DataFrame:

@@ -21,14 +21,20 @@ Guarantees (docs/design.md §4):
 - fit and transform are timed and their peak memory recorded (CUDA events and
   CUDA memory statistics on a GPU, see `harmbench.timing`) for the throughput
   evaluator;
-- an oracle row scores each test subject's real target-site scan as if it were
-  the output: the ceiling every metric can reach on this data (for an
-  evaluator built on a model of the target site, that model's own score).
+- a stochastic harmonizer (``meta.stochastic``) is fitted once per fit seed of the suite
+  (``Suite.fit_seeds``), each seed with its own cells, model cache entry and ``seed`` column;
+  deterministic ones are fitted once, with the suite's seed;
+- a reference row, never ranked: the scan-rescan ceiling (each test subject's target-site rescan
+  scored as the output against the target-site scan) where the data has rescans, else the oracle
+  (the target-site scan scored against itself), marked as such;
+- ``scores.csv`` is the per-scan table in a deterministic text form, and the leaderboards are
+  rendered from it, so the committed scores regenerate the committed leaderboards byte for byte.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -52,13 +58,21 @@ import harmbench
 from harmbench.api import EvalCase, Evaluator, Harmonizer, Meta, params_hash, transform_contract_violation
 from harmbench.data.io import LocalDataset, validate_cohort
 from harmbench.data.scan import Cohort, Scan
-from harmbench.errors import ConfigError, HarmbenchError, PluginError
+from harmbench.errors import ConfigError, DataError, HarmbenchError, PluginError
 from harmbench.leaderboard import write_leaderboards
 from harmbench.plugins import Registry
 from harmbench.progress import progress as progress_bar
 from harmbench.progress import progress_enabled
 from harmbench.protocol import SCENARIOS, Split, SplitData, make_split
-from harmbench.results import ResultStore, atomic_path, atomic_write_text, to_frame
+from harmbench.results import (
+    SCORES_FILE,
+    ResultStore,
+    atomic_path,
+    atomic_write_text,
+    read_scores,
+    scores_csv,
+    to_frame,
+)
 from harmbench.suite import Component, Suite
 from harmbench.timing import measure, resolve_run_device
 
@@ -124,6 +138,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
+def _config_reason(exc: BaseException) -> str:
+    """A plugin's own parameter error as it wrote it; anything else with its exception type."""
+    if isinstance(exc, HarmbenchError):
+        return (str(exc).strip().splitlines() or [""])[0][:500]
+    return _reason(exc)
+
+
 #: Keys every evaluator record must have.
 RECORD_KEYS = ("subject", "site", "metric", "value")
 
@@ -148,8 +169,12 @@ def check_records(name: str, records: Any, declared: set[str]) -> list[dict[str,
     return list(records)
 
 
-#: Label of the reference row whose output is the subject's real target-site scan.
+#: Label of the reference row where the data has no rescans: the output is the subject's target-site scan itself.
 ORACLE = "oracle"
+#: Label of the reference row where it has: the output is the subject's target-site rescan.
+CEILING = "rescan-ceiling"
+#: Label of the planned reference cells (the row's label, one of the two above, is settled when it runs).
+REFERENCE = "reference"
 
 
 def _direction(higher_is_better: bool | None) -> str:
@@ -177,6 +202,8 @@ class Cell:
     harmonizer: Component
     evaluator: Component
     cell_id: str
+    #: Fit seed (the suite's seed for deterministic harmonizers and the reference row).
+    seed: int = 0
 
 
 @dataclass
@@ -244,15 +271,16 @@ class Runner:
         # resolve every name before any work so a typo fails in a second, not after a fit
         self.harmonizer_classes = {c.label: self.registry.harmonizer(c.plugin) for c in suite.harmonizers}
         self.evaluator_classes = {c.label: self.registry.evaluator(c.plugin) for c in suite.evaluators}
-        if suite.oracle and ORACLE in self.harmonizer_classes:
-            raise ConfigError(f"the harmonizer label {ORACLE!r} is reserved for the oracle row; rename it in the suite")
+        reserved = sorted({ORACLE, CEILING, REFERENCE} & set(self.harmonizer_classes))
+        if suite.oracle and reserved:
+            raise ConfigError(f"the harmonizer label {reserved[0]!r} is reserved for the reference row; rename it")
         self.device = resolve_run_device(suite.device)
         self._validate_components()
         self.dataset = self._dataset()
         self._cohort: Cohort | None = None
         self._evaluators: dict[str, Evaluator] = {}
-        #: harmonizer label → what its fit recorded (training-set sizes, ``fit_info``), for the result rows
-        self._fit_provenance: dict[str, dict[str, Any]] = {}
+        #: (harmonizer label, fit seed) → what its fit recorded (training-set sizes, ``fit_info``), for the rows
+        self._fit_provenance: dict[tuple[str, int], dict[str, Any]] = {}
 
     # -- set-up -----------------------------------------------------------------------------------
     def _where(self, table: str) -> str:
@@ -273,7 +301,7 @@ class Runner:
         try:
             return cls(**component.params)
         except (TypeError, ValueError, HarmbenchError) as exc:
-            raise ConfigError(f"{where} {_reason(exc)}") from exc
+            raise ConfigError(f"{where} {_config_reason(exc)}") from exc
 
     def _validate_components(self) -> None:
         """Instantiate every harmonizer and evaluator and run its ``validate_params`` hook, before any data
@@ -291,7 +319,7 @@ class Runner:
                 try:
                     instance.validate_params()
                 except (TypeError, ValueError, HarmbenchError) as exc:
-                    raise ConfigError(f"{self._where(table)} {_reason(exc)}") from exc
+                    raise ConfigError(f"{self._where(table)} {_config_reason(exc)}") from exc
 
     def _versions(self, kind: str, component: Component) -> list[str]:
         """Versions a cached result depends on: harmbench's and the plugin's distribution (where known)."""
@@ -305,9 +333,20 @@ class Runner:
             cls = self.registry.dataset(name)
             if "seed" in cls._param_names() and "seed" not in params:
                 params["seed"] = self.suite.seed
-            return self._instantiate(cls, Component(label=name, plugin=name, params=params), "dataset")
-        if Path(name).exists() or "/" in name or name.endswith((".csv", ".tsv")):
+            dataset = self._instantiate(cls, Component(label=name, plugin=name, params=params), "dataset")
+            try:
+                dataset.validate_params()
+            except (TypeError, ValueError, HarmbenchError) as exc:
+                raise ConfigError(f"{self._where('dataset')} {_config_reason(exc)}") from exc
+            return dataset
+        if Path(name).exists():
             return LocalDataset(name)
+        if "/" in name or name.endswith((".csv", ".tsv")):
+            known = ", ".join(self.registry.names("datasets")) or "none"
+            raise DataError(
+                f"dataset {name!r}: no such file or folder ({Path(name).absolute()}); "
+                f"give a BIDS-like folder, a CSV/TSV manifest, or a registered dataset ({known})"
+            )
         self.registry.dataset(name)  # raises with the close matches
         raise AssertionError("unreachable")
 
@@ -333,7 +372,7 @@ class Runner:
         if self._cohort is None:
             log.info("loading dataset %s", self.dataset_label)
             # read-only, so no plugin can change what the next one sees
-            self._cohort = validate_cohort(self.dataset.load()).make_read_only()
+            self._cohort = validate_cohort(self.dataset.load()).read_only()
         return self._cohort
 
     def resolve_split(self, *, write: bool = True) -> Split:
@@ -352,58 +391,74 @@ class Runner:
             atomic_write_text(path, json.dumps(split.to_dict(), indent=2, sort_keys=True))
         return split
 
+    def fit_seeds(self, component: Component) -> tuple[int, ...]:
+        """The seeds ``component`` is fitted with: every fit seed if it is stochastic, else the suite's seed."""
+        if self.harmonizer_classes[component.label].meta.stochastic:
+            return self.suite.fit_seeds
+        return (self.suite.seed,)
+
     def plan(self, split: Split) -> list[Cell]:
         context = (self.context_id, self.suite.name)
         cells = []
         for h in self.suite.harmonizers:
             h_cls = self.harmonizer_classes[h.label]
             h_versions = self._versions("harmonizers", h)
-            for scenario in split.scenarios():
-                for e in self.suite.evaluators:
-                    e_cls = self.evaluator_classes[e.label]
-                    key = _hash(
-                        context,
-                        scenario,
-                        h.plugin,
-                        h_cls.meta.version,
-                        h_versions,
-                        h.params,
-                        e.plugin,
-                        e_cls.version,
-                        self._versions("evaluators", e),
-                        e.params,
-                    )
-                    cells.append(Cell(scenario, h, e, f"{scenario}--{h.label}--{e.label}--{key}"))
+            for seed in self.fit_seeds(h):
+                # a deterministic method's key and id are those of a single-seed run (its seed is in the context)
+                extra = ("fit-seed", seed) if h_cls.meta.stochastic else ()
+                tag = f"--seed{seed}" if h_cls.meta.stochastic else ""
+                for scenario in split.scenarios():
+                    for e in self.suite.evaluators:
+                        e_cls = self.evaluator_classes[e.label]
+                        key = _hash(
+                            context,
+                            scenario,
+                            h.plugin,
+                            h_cls.meta.version,
+                            h_versions,
+                            h.params,
+                            e.plugin,
+                            e_cls.version,
+                            self._versions("evaluators", e),
+                            e.params,
+                            *extra,
+                        )
+                        cells.append(Cell(scenario, h, e, f"{scenario}--{h.label}{tag}--{e.label}--{key}", seed))
         if self.suite.oracle:
-            oracle = Component(label=ORACLE, plugin=ORACLE)
+            reference = Component(label=REFERENCE, plugin=REFERENCE)
             for scenario in split.scenarios():
                 for e in self.suite.evaluators:
                     e_cls = self.evaluator_classes[e.label]
                     if all(m.device_dependent for m in e_cls.metrics):
-                        continue  # nothing runs in the oracle row, so there is nothing to time
+                        continue  # nothing runs in the reference row, so there is nothing to time
                     e_versions = self._versions("evaluators", e)
-                    key = _hash(context, scenario, ORACLE, e.plugin, e_cls.version, e_versions, e.params)
-                    cells.append(Cell(scenario, oracle, e, f"{scenario}--{ORACLE}--{e.label}--{key}"))
+                    key = _hash(
+                        context, scenario, "rescan-ceiling-or-oracle", e.plugin, e_cls.version, e_versions, e.params
+                    )
+                    cells.append(
+                        Cell(scenario, reference, e, f"{scenario}--{REFERENCE}--{e.label}--{key}", self.suite.seed)
+                    )
         return cells
 
     # -- records ----------------------------------------------------------------------------------
     def _base_record(self, cell: Cell, device: str) -> dict[str, Any]:
         e_cls = self.evaluator_classes[cell.evaluator.label]
-        is_oracle = cell.harmonizer.label == ORACLE and cell.harmonizer.label not in self.harmonizer_classes
-        h_meta = None if is_oracle else self.harmonizer_classes[cell.harmonizer.label].meta
+        label = cell.harmonizer.label
+        is_reference = label in (ORACLE, CEILING) and label not in self.harmonizer_classes
+        h_meta = None if is_reference else self.harmonizer_classes[label].meta
         return {
             "suite": self.suite.name,
             "dataset": self.dataset_label,
             "scenario": cell.scenario,
             "harmonizer": cell.harmonizer.label,
-            "role": "oracle" if is_oracle else "method",
+            "role": ("ceiling" if label == CEILING else "oracle") if is_reference else "method",
             "params_hash": params_hash(cell.harmonizer.params),
             "evaluator": cell.evaluator.label,
             "transductive": bool(h_meta.transductive) if h_meta else False,
-            "seed": self.suite.seed,
+            "seed": cell.seed,
             "device": device,
             **self._fit_provenance.get(
-                cell.harmonizer.label, {"n_train": np.nan, "n_train_target": np.nan, "fit_info": ""}
+                (cell.harmonizer.label, cell.seed), {"n_train": np.nan, "n_train_target": np.nan, "fit_info": ""}
             ),
             "harmbench_version": harmbench.__version__,
             "harmonizer_version": h_meta.version if h_meta else harmbench.__version__,
@@ -453,18 +508,19 @@ class Runner:
         kind = self.device.split(":")[0]
         return self.device if kind in h_cls.meta.devices else "cpu"
 
-    def _model_dir(self, component: Component, split: Split, device: str) -> Path:
+    def _model_dir(self, component: Component, split: Split, device: str, seed: int | None = None) -> Path:
         """Where ``component``'s fitted model is cached: keyed on everything the fit depends on.
 
         A ``meta.target_agnostic`` method's model does not depend on the target site, so its key names the
         training data (dataset, training assignment, seed) instead of the protocol context, which includes
-        the target: one fit serves every target.
+        the target: one fit serves every target. A ``meta.stochastic`` method's key adds its fit seed.
         """
         h_cls = self.harmonizer_classes[component.label]
         if h_cls.meta.target_agnostic:
             data_key: Any = ("target-agnostic", self.dataset.fingerprint(), sorted(split.assignment), self.suite.seed)
         else:
             data_key = self.context_id
+        extra = ("fit-seed", self.suite.seed if seed is None else seed) if h_cls.meta.stochastic else ()
         model_key = _hash(
             data_key,
             self.suite.name,
@@ -473,15 +529,18 @@ class Runner:
             self._versions("harmonizers", component),
             component.params,
             device,
+            *extra,
         )
         return self.out_dir / "cache" / "models" / f"{component.label}-{model_key}"
 
     def _model_cached(self, model_dir: Path) -> bool:
         return (model_dir / "fit.json").exists() and (model_dir / "state.npz").exists()
 
-    def _fit(self, component: Component, data: SplitData, device: str) -> tuple[Harmonizer, dict[str, float]]:
+    def _fit(
+        self, component: Component, data: SplitData, device: str, seed: int
+    ) -> tuple[Harmonizer, dict[str, float]]:
         h_cls = self.harmonizer_classes[component.label]
-        model_dir = self._model_dir(component, data.split, device)
+        model_dir = self._model_dir(component, data.split, device, seed)
         harmonizer: Harmonizer = self._instantiate(h_cls, component)
         if "device" in harmonizer._param_names():
             harmonizer.set_params(device=device)
@@ -491,7 +550,7 @@ class Runner:
                 recorded = json.loads(fit_record.read_text())
                 stats = {"fit_s": float(recorded["fit_s"]), "peak_mem_mb": float(recorded["peak_mem_mb"])}
                 harmonizer.load(model_dir)
-                self._record_fit(component.label, recorded)
+                self._record_fit(component.label, seed, recorded)
                 return harmonizer, stats
             except Exception as exc:  # any failure to load means "not cached": refit, and say why
                 log.warning("cached model %s cannot be loaded (%s); refitting", model_dir, _reason(exc))
@@ -502,7 +561,7 @@ class Runner:
         # a target-only method sees no source scan, so it may have every target-site training scan
         train = data.train if h_cls.meta.needs_source_sites else data.target_only_train()
         harmonizer.checkpoint_dir = model_dir / "checkpoint"
-        rng = np.random.default_rng(self.suite.seed)
+        rng = np.random.default_rng(seed)
         with time_limit(self.suite.cell_timeout_s, f"fit of {component.label}"), measure(device) as fit:
             returned = harmonizer.fit(train, data.target_site, data.reference, rng=rng)
         if returned is not harmonizer:
@@ -517,11 +576,11 @@ class Runner:
         }
         atomic_write_text(fit_record, json.dumps(stats, sort_keys=True))
         shutil.rmtree(harmonizer.checkpoint_dir, ignore_errors=True)  # the fit finished: nothing to resume
-        self._record_fit(component.label, stats)
+        self._record_fit(component.label, seed, stats)
         return harmonizer, {"fit_s": fit.seconds, "peak_mem_mb": fit.peak_mem_mb}
 
-    def _record_fit(self, label: str, recorded: dict[str, Any]) -> None:
-        self._fit_provenance[label] = {
+    def _record_fit(self, label: str, seed: int, recorded: dict[str, Any]) -> None:
+        self._fit_provenance[(label, seed)] = {
             "n_train": float(recorded.get("n_train", np.nan)),
             "n_train_target": float(recorded.get("n_train_target", np.nan)),
             "fit_info": json.dumps(recorded.get("fit_info", {}), sort_keys=True),
@@ -552,7 +611,7 @@ class Runner:
                 times.append(one.seconds)
                 peak = max(peak, one.peak_mem_mb)
                 # read-only, like the inputs: evaluators must not change what the next evaluator sees
-                outputs.append(check_output(component.label, scan, output).make_read_only())
+                outputs.append(check_output(component.label, scan, output).read_only())
         return outputs, times, peak
 
     def _image_path(self, scenario: str, label: str, scan: Scan) -> Path:
@@ -583,7 +642,8 @@ class Runner:
         e_cls = self.evaluator_classes[cell.evaluator.label]
         declared = {m.name for m in e_cls.metrics}
         try:
-            evaluator = self._evaluator(cell.evaluator, data)
+            with time_limit(self.suite.cell_timeout_s, f"prepare of evaluator {cell.evaluator.label}"):
+                evaluator = self._evaluator(cell.evaluator, data)
             with time_limit(self.suite.cell_timeout_s, f"evaluator {cell.evaluator.label}"):
                 records = check_records(cell.evaluator.label, evaluator.evaluate(cases), declared)
         except PLUGIN_FAILURES as exc:  # isolation: the reason goes into the results, the traceback under errors/
@@ -625,8 +685,13 @@ class Runner:
             self._status_cell(cell, "failed", f"{stage}: {_reason(exc)}", device, started)
             report.cells_computed += 1
 
-    def _run_harmonizer(self, component: Component, cells: list[Cell], data_fn: Any, report: RunReport) -> None:
+    def _run_harmonizer(
+        self, component: Component, seed: int, cells: list[Cell], data_fn: Any, report: RunReport
+    ) -> None:
+        """Fit ``component`` with fit seed ``seed`` (if a cell is missing) and run its cells of that seed."""
         h_cls = self.harmonizer_classes[component.label]
+        # images are kept for the first fit seed only (one image folder per harmonizer)
+        save_images = self.save_images and seed == self.fit_seeds(component)[0]
         device = self._device_for(h_cls)
         started = _now()
         runnable = []
@@ -638,7 +703,7 @@ class Runner:
                 self._status_cell(cell, "not_applicable", reason, device, started)
                 report.cells_computed += 1
         scenarios_needing_images = set()
-        if self.save_images:
+        if save_images:
             data = data_fn()
             for scenario in {c.scenario for c in runnable}:
                 if any(
@@ -650,9 +715,9 @@ class Runner:
             return
         data = data_fn()
         try:
-            harmonizer, fit_stats = self._fit(component, data, device)
+            harmonizer, fit_stats = self._fit(component, data, device, seed)
         except PLUGIN_FAILURES as exc:  # isolation: the reason goes into the results, the traceback under errors/
-            self._fail_cells(missing, f"fit--{component.label}", "fit", exc, device, started, report)
+            self._fail_cells(missing, f"fit--{component.label}--seed{seed}", "fit", exc, device, started, report)
             return
         for scenario in SCENARIOS:
             todo = [c for c in missing if c.scenario == scenario]
@@ -667,7 +732,7 @@ class Runner:
                 name = f"transform--{scenario}--{component.label}"
                 self._fail_cells(todo, name, "transform", exc, device, started, report)
                 continue
-            if self.save_images:
+            if save_images:
                 self._save_images(scenario, component.label, outputs)
             cases = [
                 EvalCase(
@@ -688,8 +753,10 @@ class Runner:
                 self._evaluate_cell(cell, cases, data, device, started)
                 report.cells_computed += 1
 
-    def _run_oracle(self, cells: list[Cell], data_fn: Any, report: RunReport) -> None:
-        """Score each test subject's real target-site scan as the output (scans without one are skipped)."""
+    def _run_reference(self, cells: list[Cell], data_fn: Any, report: RunReport) -> None:
+        """The reference row: the scan-rescan ceiling where the scenario's test subjects have target-site
+        rescans (the rescan is the output, scored against the target-site scan; subjects without one are
+        left out), else the oracle (the target-site scan scored against itself), labelled as such."""
         missing = [c for c in cells if not self.store.has(c.cell_id)]
         if not missing:
             return
@@ -699,13 +766,23 @@ class Runner:
             todo = [c for c in missing if c.scenario == scenario]
             if not todo:
                 continue
-            pairs = [(scan, data.paired_target(scan)) for scan in data.scenario_scans(scenario)]
-            cases = [
-                EvalCase(input=scan, output=target, target=target, target_pool=data.target_pool())
-                for scan, target in pairs
-                if target is not None
-            ]
-            for cell in todo:
+            triples = [(scan, data.paired_target(scan), data.rescan_of(scan)) for scan in data.scenario_scans(scenario)]
+            triples = [(scan, target, rescan) for scan, target, rescan in triples if target is not None]
+            with_rescan = [t for t in triples if t[2] is not None]
+            if with_rescan:
+                label = CEILING
+                cases = [
+                    EvalCase(input=scan, output=rescan, target=target, target_pool=data.target_pool(), rescan=rescan)
+                    for scan, target, rescan in with_rescan
+                ]
+            else:
+                label = ORACLE
+                cases = [
+                    EvalCase(input=scan, output=target, target=target, target_pool=data.target_pool())
+                    for scan, target, _ in triples
+                ]
+            for planned in todo:
+                cell = dataclasses.replace(planned, harmonizer=Component(label=label, plugin=label))
                 if cases:
                     self._evaluate_cell(cell, cases, data, "cpu", started)
                 else:
@@ -736,18 +813,21 @@ class Runner:
         models = {}
         for component in self.suite.harmonizers:
             h_cls = self.harmonizer_classes[component.label]
-            todo = [
-                c
-                for c, what in states
-                if c.harmonizer.label == component.label
-                and what == "compute"
-                and not_applicable_reason(h_cls.meta, c.scenario) is None
-            ]
-            if not todo and not self.save_images:
-                models[component.label] = "none"
-                continue
-            cached = self._model_cached(self._model_dir(component, split, self._device_for(h_cls)))
-            models[component.label] = "reuse" if cached else "fit"
+            for seed in self.fit_seeds(component):
+                name = f"{component.label} (seed {seed})" if h_cls.meta.stochastic else component.label
+                todo = [
+                    c
+                    for c, what in states
+                    if c.harmonizer.label == component.label
+                    and c.seed == seed
+                    and what == "compute"
+                    and not_applicable_reason(h_cls.meta, c.scenario) is None
+                ]
+                if not todo and not self.save_images:
+                    models[name] = "none"
+                    continue
+                cached = self._model_cached(self._model_dir(component, split, self._device_for(h_cls), seed))
+                models[name] = "reuse" if cached else "fit"
         return Plan(split, states, models)
 
     def run(self) -> RunReport:
@@ -769,21 +849,28 @@ class Runner:
                 split_data.append(SplitData(split, self.cohort()))
             return split_data[0]
 
-        by_harmonizer = {
-            c.label: [cell for cell in cells if cell.harmonizer.label == c.label] for c in self.suite.harmonizers
-        }
-        for component in progress_bar(self.suite.harmonizers, desc="harmonizers", unit="method"):
-            self._run_harmonizer(component, by_harmonizer[component.label], data, report)
+        fits = [(c, seed) for c in self.suite.harmonizers for seed in self.fit_seeds(c)]
+        for component, seed in progress_bar(fits, desc="fits", unit="fit"):
+            todo = [cell for cell in cells if cell.harmonizer.label == component.label and cell.seed == seed]
+            self._run_harmonizer(component, seed, todo, data, report)
         if self.suite.oracle:
-            self._run_oracle([c for c in cells if c.harmonizer.label == ORACLE], data, report)
+            self._run_reference([c for c in cells if c.harmonizer.label == REFERENCE], data, report)
         results = self.store.read_cells([c.cell_id for c in cells])
         results = to_frame(results.to_dict("records"))
         report.cells_failed = int(results.loc[results["status"] == "failed", "cell_id"].nunique())
         report.results_path = self.store.write_results(results)
         atomic_write_text(self.out_dir / "suite.toml", self.suite.to_toml())
         atomic_write_text(self.out_dir / "split.json", json.dumps(split.to_dict(), indent=2, sort_keys=True) + "\n")
+        # the leaderboards are rendered from the scores file as written, so the committed scores.csv
+        # regenerates the committed leaderboards byte for byte (docs/reproducibility.md)
+        scores_path = self.out_dir / SCORES_FILE
+        atomic_write_text(scores_path, scores_csv(results))
         report.leaderboards = write_leaderboards(
-            results, self.out_dir, seed=self.suite.seed, title=f"harmbench leaderboard: {self.suite.name}"
+            read_scores(scores_path),
+            self.out_dir,
+            seed=self.suite.seed,
+            title=f"harmbench leaderboard: {self.suite.name}",
+            baselines=self.suite.baselines,
         )
         return report
 

@@ -7,6 +7,8 @@ A suite is TOML::
     seed = 0
     harmonizers = ["identity", "histogram", "ssimh"]
     evaluators = ["wasserstein", "paired", "volume"]
+    seeds = [0, 1, 2]                 # optional: fit seeds of stochastic methods (default: [seed])
+    baselines = ["identity"]          # optional: every method's paired difference against these
 
     [dataset]            # a registered dataset name, or a path to a BIDS folder / manifest
     name = "harmbench-sim"
@@ -60,10 +62,21 @@ class Suite:
     evaluators: tuple[Component, ...] = ()
     device: str = "cpu"
     cell_timeout_s: float | None = None
-    #: Add the oracle row (each test subject's real target-site scan scored as the output).
+    #: Add the reference row: the scan-rescan ceiling (each test subject's target-site rescan scored as the
+    #: output), or the oracle (the target-site scan itself) where the data has no rescans.
     oracle: bool = True
+    #: Fit seeds for stochastic harmonizers (``meta.stochastic``): each is fitted once per seed and the
+    #: leaderboard averages them and shows the between-seed spread. Empty: the suite's ``seed`` only.
+    seeds: tuple[int, ...] = ()
+    #: Harmonizers every method is compared with (paired differences, Holm-corrected tests).
+    baselines: tuple[str, ...] = ()
     #: Where the suite came from (a file path, ``<built-in NAME suite>``, or empty); error messages name it.
     source: str = field(default="", compare=False)
+
+    @property
+    def fit_seeds(self) -> tuple[int, ...]:
+        """The seeds a stochastic harmonizer is fitted with (deterministic ones use ``seed`` alone)."""
+        return self.seeds or (self.seed,)
 
     def replace(self, **changes: Any) -> Suite:
         return dataclasses.replace(self, **changes)
@@ -78,6 +91,8 @@ class Suite:
                 "evaluators": [c.label for c in self.evaluators],
                 "device": self.device,
                 "oracle": self.oracle,
+                **({"seeds": list(self.seeds)} if self.seeds else {}),
+                **({"baselines": list(self.baselines)} if self.baselines else {}),
             },
             "dataset": {"name": self.dataset, **self.dataset_params},
         }
@@ -124,6 +139,15 @@ _FIELDS: dict[str, dict[str, tuple[Any, str]]] = {
         "device": (lambda v: isinstance(v, str) and v.strip() != "", "a device string such as 'cpu' or 'cuda'"),
         "cell_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
         "oracle": (lambda v: isinstance(v, bool), "true or false"),
+        "seeds": (
+            lambda v: (
+                isinstance(v, list)
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+                and len(set(v)) == len(v)
+            ),
+            "a list of distinct non-negative integers",
+        ),
+        "baselines": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
     },
     "protocol": {
         "target_site": (lambda v: isinstance(v, str) and v != "", "a site name (string)"),
@@ -192,6 +216,9 @@ def parse_suite(doc: dict[str, Any], where: str) -> Suite:
     dataset = _check_table(doc, "dataset", where, open_keys=True)
     protocol = _check_table(doc, "protocol", where)
     unseen = protocol.get("unseen_sites")
+    unknown_baselines = [b for b in head.get("baselines", []) if b not in head.get("harmonizers", [])]
+    if unknown_baselines:
+        raise ConfigError(f"{where}: [suite] baselines names {unknown_baselines[0]!r}, not one of its harmonizers")
     return Suite(
         name=head.get("name", Path(where).stem),
         seed=head.get("seed", 0),
@@ -205,6 +232,8 @@ def parse_suite(doc: dict[str, Any], where: str) -> Suite:
         device=head.get("device", "cpu"),
         cell_timeout_s=float(head["cell_timeout_s"]) if "cell_timeout_s" in head else None,
         oracle=head.get("oracle", True),
+        seeds=tuple(head.get("seeds", ())),
+        baselines=tuple(head.get("baselines", ())),
         source=where,
     )
 

@@ -1,15 +1,24 @@
 """Conformance checks for harmbench plugins, modelled on scikit-learn's ``check_estimator``.
 
-A plugin author calls these from pytest::
+A plugin author calls these from pytest, on a small simulated cohort built by
+`simulated_split` (no fixture from this repository needed)::
 
-    from harmbench.testing import check_harmonizer
+    from harmbench.testing import check_harmonizer, simulated_split
 
-    def test_conformance(tiny_cohort):
-        check_harmonizer(MyHarmonizer(), train, target_site, reference, test_scans)
+    def test_conformance():
+        data = simulated_split()  # train, target_site, reference, test_scans
+        check_harmonizer(MyHarmonizer(), *data)
+
+or gets one pass/fail result per check, as ``harmbench check NAME`` prints them::
+
+    from harmbench.testing import run_checks
+
+    results = run_checks(MyHarmonizer())
+    assert all(r.passed for r in results), [r for r in results if not r.passed]
 
 Every check raises ``AssertionError`` whose message starts with ``[check_name]``
 and names the plugin, so a failing test says which part of the contract
-(``harmbench.api``, DESIGN §2) was broken. Each check is also public so that a
+(``harmbench.api``, docs/design.md §2) was broken. Each check is also public so that a
 failure can be reproduced on its own.
 
 Harmonizer checks never mutate the instance they are given: they work on fresh
@@ -19,8 +28,11 @@ clones built from ``type(h)(**h.get_params())``, which is itself a check.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,9 +44,14 @@ from harmbench.api import EvalCase, Evaluator, Harmonizer, Meta, MetricSpec, tra
 from harmbench.data.scan import Cohort, Scan
 from harmbench.errors import NotFittedError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "CheckData",
+    "CheckResult",
     "check_deterministic",
     "check_evaluator",
+    "check_evaluator_prepare",
     "check_fit_does_not_change_params",
     "check_fit_returns_self",
     "check_get_params",
@@ -47,6 +64,10 @@ __all__ = [
     "check_transform_output",
     "check_uses_reference",
     "clone",
+    "eval_cases",
+    "run_checks",
+    "simulated_cohort",
+    "simulated_split",
 ]
 
 RECORD_KEYS = frozenset({"subject", "site", "metric", "value"})
@@ -478,3 +499,186 @@ def check_evaluator(evaluator: Evaluator, cases: Sequence[EvalCase]) -> None:
                     f"metric {spec.name!r} reported {n} time(s) for {case.input.describe()} "
                     f"(subject {case.input.subject!r}, site {case.input.site!r}); expected {want}",
                 )
+
+
+# -- fixture builders ------------------------------------------------------------
+
+
+def simulated_cohort(*, n_subjects: int = 6, voxel_mm: float = 8.0, seed: int = 0, profile: str = "quick") -> Cohort:
+    """A small traveling-subject cohort from harmbench's simulator: every subject at every built-in site.
+
+    The defaults (6 subjects, 8 mm voxels) take about a second and are what ``harmbench check`` uses.
+    """
+    from harmbench.data.sim import simulate_cohort
+
+    return simulate_cohort(profile, seed=seed, n_subjects=n_subjects, voxel_mm=voxel_mm)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckData:
+    """What the harmonizer checks take, in their argument order: ``check_harmonizer(h, *data)``.
+
+    ``targets`` maps each test subject to its target-site test scan (the paired ground truth evaluators see).
+    """
+
+    train: Cohort
+    target_site: str
+    reference: Scan
+    test_scans: list[Scan]
+    targets: dict[str, Scan] = dataclasses.field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.train, self.target_site, self.reference, self.test_scans))
+
+
+def simulated_split(cohort: Cohort | None = None, *, seed: int = 0) -> CheckData:
+    """The benchmark protocol applied to ``cohort`` (default: `simulated_cohort`).
+
+    The first site is the target and the last two are held out of training, as in a real run; the test
+    scans are the seen-site ones (the unseen-site check then uses the held-out sites' scans only when
+    given them, and otherwise invents an unseen scanner).
+    """
+    from harmbench.protocol import SplitData, make_split
+
+    cohort = cohort if cohort is not None else simulated_cohort(seed=seed)
+    sites = cohort.sites
+    if len(sites) < 3:
+        raise ValueError(f"simulated_split needs a cohort with at least 3 sites, got {len(sites)}")
+    data = SplitData(make_split(cohort, sites[0], sites[-2:], n_test_subjects=2, seed=seed), cohort)
+    # Private copies: a broken plugin may write into the scans it is given.
+    tests = [s.with_data(s.data.copy()) for s in data.scenario_scans("seen")]
+    targets = {s.subject: target for s in tests if (target := data.paired_target(s)) is not None}
+    return CheckData(data.train, data.target_site, data.reference, tests, targets)
+
+
+def eval_cases(data: CheckData | None = None) -> list[EvalCase]:
+    """Evaluation cases as the runner builds them, with each test scan as its own (unharmonized) output,
+    the same subject's target-site scan as ``target`` and the target-site training scans as ``target_pool``."""
+    data = data if data is not None else simulated_split()
+    pool = list(data.train.by_site(data.target_site))
+    cases = []
+    for scan in data.test_scans:
+        cases.append(EvalCase(input=scan, output=scan, target=data.targets.get(scan.subject), target_pool=pool))
+    return cases
+
+
+# -- one result per check ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """One conformance check's outcome: ``status`` is ``pass``, ``fail`` or ``n/a`` (does not apply)."""
+
+    check: str
+    status: str
+    reason: str
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status != "fail"
+
+
+def _summary(func: Callable[..., Any]) -> str:
+    first_paragraph = (func.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(first_paragraph.split()).replace("``", "")
+
+
+def _run_one(name: str, func: Callable[[], None], summary: str) -> CheckResult:
+    start = time.perf_counter()
+    try:
+        func()
+    except AssertionError as exc:
+        log.debug("%s failed", name, exc_info=True)  # `harmbench --debug check` shows where
+        message = str(exc)
+        prefix = f"[{name}] "
+        reason = message[len(prefix) :] if message.startswith(prefix) else message
+        return CheckResult(name, "fail", reason, time.perf_counter() - start)
+    # A plugin may break in ways the checks did not anticipate (e.g. no `meta` at all); that is a failure
+    # of this check, reported with its type and message, and the traceback goes to the debug log.
+    except Exception as exc:
+        log.debug("%s raised", name, exc_info=True)
+        return CheckResult(name, "fail", f"raised {type(exc).__name__}: {exc}", time.perf_counter() - start)
+    return CheckResult(name, "pass", summary, time.perf_counter() - start)
+
+
+def _not_applicable(harmonizer: Harmonizer, name: str) -> str | None:
+    meta = getattr(type(harmonizer), "meta", None)
+    flags = {
+        "check_uses_reference": ("uses_reference", True),
+        "check_needs_source_sites": ("needs_source_sites", True),
+        "check_handles_unseen_sites": ("handles_unseen_sites", False),
+    }
+    if name not in flags or not isinstance(meta, Meta):
+        return None
+    attr, skip_when = flags[name]
+    if getattr(meta, attr) is skip_when:
+        return f"does not apply: meta.{attr}={skip_when}"
+    return None
+
+
+def _harmonizer_results(h: Harmonizer, data: CheckData, seed: int) -> list[CheckResult]:
+    train, target, reference, tests = data
+    first = tests[0]
+    calls: list[tuple[Callable[..., None], Callable[[], None]]] = [
+        (check_meta, lambda: check_meta(h)),
+        (check_get_params, lambda: check_get_params(h)),
+        (check_not_fitted, lambda: check_not_fitted(h, first, reference)),
+        (check_fit_returns_self, lambda: check_fit_returns_self(h, train, target, reference, seed=seed)),
+        (
+            check_fit_does_not_change_params,
+            lambda: check_fit_does_not_change_params(h, train, target, reference, seed=seed),
+        ),
+    ]
+    for func in (
+        check_transform_output,
+        check_deterministic,
+        check_save_load,
+        check_uses_reference,
+        check_needs_source_sites,
+        check_handles_unseen_sites,
+    ):
+        calls.append((func, functools.partial(func, h, train, target, reference, tests, seed=seed)))
+    results = []
+    for func, call in calls:
+        skip = _not_applicable(h, func.__name__)
+        if skip is not None:
+            results.append(CheckResult(func.__name__, "n/a", skip))
+        else:
+            results.append(_run_one(func.__name__, call, _summary(func)))
+    return results
+
+
+def check_evaluator_prepare(evaluator: Evaluator, train: Cohort, target_site: str) -> None:
+    """``prepare`` (the evaluator's once-per-dataset training) runs on the training cohort."""
+    who = f"evaluator {getattr(type(evaluator), 'name', type(evaluator).__name__)!r}"
+    with tempfile.TemporaryDirectory() as tmp, _reraise_as("check_evaluator_prepare", who, "prepare()"):
+        evaluator.prepare(train, target_site, Path(tmp))
+
+
+def run_checks(plugin: Harmonizer | Evaluator, data: CheckData | None = None, *, seed: int = 0) -> list[CheckResult]:
+    """Run every conformance check on a harmonizer or evaluator instance; never raises for a broken plugin.
+
+    Unlike `check_harmonizer`, which stops at the first failure, every check runs and reports
+    ``pass`` (with what it verified), ``fail`` (with why) or ``n/a`` (with the ``meta`` flag that makes it
+    not apply). ``data`` defaults to `simulated_split`.
+    """
+    data = data if data is not None else simulated_split(seed=seed)
+    if not data.test_scans:
+        raise ValueError("run_checks needs at least one test scan")
+    if isinstance(plugin, Harmonizer):
+        return _harmonizer_results(plugin, data, seed)
+    if isinstance(plugin, Evaluator):
+        prepared = _run_one(
+            "check_evaluator_prepare",
+            lambda: check_evaluator_prepare(plugin, data.train, data.target_site),
+            _summary(check_evaluator_prepare),
+        )
+        if not prepared.passed:
+            return [prepared, CheckResult("check_evaluator", "fail", "not run: prepare() failed")]
+        cases = eval_cases(data)
+        return [
+            prepared,
+            _run_one("check_evaluator", lambda: check_evaluator(plugin, cases), _summary(check_evaluator)),
+        ]
+    raise TypeError(f"run_checks takes a harmbench Harmonizer or Evaluator instance, got {type(plugin).__name__}")

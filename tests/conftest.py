@@ -21,8 +21,9 @@ TINY_DATASET = {"profile": "quick", "n_subjects": 8, "voxel_mm": 8}
 
 @pytest.fixture(scope="session")
 def tiny_cohort() -> Cohort:
-    """Six subjects, each at every simulated site, 8 mm voxels."""
-    return simulate_cohort("quick", seed=0, n_subjects=6, voxel_mm=8)
+    """Six subjects, each at every simulated site, 8 mm voxels; read-only, as the runner hands scans to plugins,
+    so a plugin test fails where the plugin writes into its input."""
+    return simulate_cohort("quick", seed=0, n_subjects=6, voxel_mm=8).read_only()
 
 
 class TinySplit(NamedTuple):
@@ -149,4 +150,21 @@ def thirdparty_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
         capture_output=True,
     )
+    return site
+
+
+def write_distribution(
+    site: Path, dist: str, version: str, modules: dict[str, str], entry_points: dict[str, str]
+) -> Path:
+    """Lay out an installed distribution by hand in ``site`` (a folder for sys.path / PYTHONPATH): its modules
+    and a ``.dist-info`` with METADATA and ``entry_points.txt``, which is all ``importlib.metadata`` and
+    harmbench's plugin loader read. Much faster than a pip build, for tests that need many small packages."""
+    site.mkdir(parents=True, exist_ok=True)
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[harmbench]\n{lines}")
     return site

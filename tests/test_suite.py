@@ -13,6 +13,7 @@ def test_builtin_default_suite():
     assert suite.name == "default"
     assert [c.label for c in suite.harmonizers] == [
         "identity",
+        "scale",
         "histogram",
         "ssimh",
         "combat",
@@ -24,6 +25,21 @@ def test_builtin_default_suite():
     assert ablation.plugin == "hail" and ablation.params == {"consistency_weight": 0.0}
     assert [c.label for c in suite.evaluators] == ["wasserstein", "paired", "volume", "segmentation", "site_removal"]
     assert suite.dataset == "harmbench-sim" and suite.dataset_params == {"profile": "quick"}
+    assert suite.baselines == ("identity", "scale") and suite.fit_seeds == (suite.seed,)
+
+
+def test_fit_seeds_and_baselines_round_trip_and_are_checked(tmp_path):
+    from harmbench.suite import parse_suite
+
+    head = {"name": "s", "seed": 3, "harmonizers": ["identity", "hail"], "evaluators": ["paired"]}
+    suite = parse_suite({"suite": {**head, "seeds": [3, 4, 5], "baselines": ["identity"]}}, "s.toml")
+    assert suite.fit_seeds == (3, 4, 5) and suite.baselines == ("identity",)
+    path = tmp_path / "s.toml"
+    path.write_text(suite.to_toml())
+    assert load_suite(path) == suite
+    for bad, match in (({"seeds": [1, 1]}, "distinct"), ({"seeds": "0"}, "seeds"), ({"baselines": ["scale"]}, "scale")):
+        with pytest.raises(ConfigError, match=match):
+            parse_suite({"suite": {**head, **bad}}, "s.toml")
 
 
 def test_round_trip_through_toml(tmp_path):

@@ -1,6 +1,6 @@
 """Real data in and out: NIfTI volumes, CSV manifests, BIDS-like folders, validation.
 
-Scans are assumed skull-stripped and already in one common space (DESIGN §3);
+Scans are assumed skull-stripped and already in one common space (docs/design.md §3);
 anything else is refused with a message that names the offending file.
 """
 
@@ -112,7 +112,7 @@ def check_scan(scan: Scan) -> None:
 
 
 def validate_cohort(cohort: Cohort, *, min_scans_per_site: int = MIN_SCANS_PER_SITE) -> Cohort:
-    """Cohort-level checks (DESIGN §3): one common grid, enough scans per site. Returns the cohort."""
+    """Cohort-level checks (docs/design.md §3): one common grid, enough scans per site. Returns the cohort."""
     if len(cohort) == 0:
         raise DataError(f"dataset {cohort.name!r} has no scans")
     first = cohort.scans[0]
@@ -236,6 +236,8 @@ def load_bids(root: str | Path, *, progress: bool | None = None) -> Cohort:
 
     Sites come from ``sub-*/sub-*_sessions.tsv`` (``session_id, site``) or,
     without sessions, from ``participants.tsv`` (``participant_id, site``).
+    An optional ``session`` column of the sessions file names each scan's
+    session (``rescan`` for a repeat at the same site; ``n/a`` for none).
     Masks (``*_desc-brain_mask.nii.gz``) and tissue labels (``*_dseg.nii.gz``)
     are looked up under ``derivatives/``. Participant columns other than
     ``participant_id``/``site`` are covariates.
@@ -260,14 +262,16 @@ def load_bids(root: str | Path, *, progress: bool | None = None) -> Cohort:
         session = f"ses-{entities['ses']}" if "ses" in entities else None
         prow = participants.get(subject, {})
         site = None
+        named_session: str | bool | None = False  # False: the sessions file does not name sessions
         if session is not None:
             sessions_file = root / subject / f"{subject}_sessions.tsv"
             if sessions_file.exists():
                 srows = _read_tsv(sessions_file)
-                if "site" in srows.columns:
-                    match = srows[srows["session_id"] == session]
-                    if len(match):
-                        site = match.iloc[0]["site"]
+                match = srows[srows["session_id"] == session] if "session_id" in srows.columns else srows[:0]
+                if len(match) and "site" in srows.columns:
+                    site = match.iloc[0]["site"]
+                if len(match) and "session" in srows.columns:
+                    named_session = _typed(match.iloc[0]["session"])
         if site is None:
             site = prow.get("site") or None
         if site is None:
@@ -277,19 +281,23 @@ def load_bids(root: str | Path, *, progress: bool | None = None) -> Cohort:
             )
         covariates = {k: _typed(v) for k, v in prow.items() if k not in ("participant_id", "site")}
         stem = image.name.split("_T1w")[0]
-        records.append((image, subject, site, session, stem, covariates))
+        records.append((image, subject, site, session, named_session, stem, covariates))
     pairs = [(r[1], r[2]) for r in records]
     scans = []
-    for image, subject, site, session, stem, covariates in progress_bar(
+    for image, subject, site, session, named_session, stem, covariates in progress_bar(
         records, enabled=progress, desc=f"loading {root.name}", unit="scan"
     ):
+        if named_session is not False:
+            session = None if named_session is None else str(named_session)
+        elif pairs.count((subject, site)) == 1:
+            # the session is only part of a scan's identity when a subject has several at one site
+            session = None
         scans.append(
             read_scan(
                 image,
                 subject=subject,
                 site=site,
-                # the session is only part of a scan's identity when a subject has several at one site
-                session=session if pairs.count((subject, site)) > 1 else None,
+                session=session,
                 mask=_derivative(root, stem, ("_desc-brain_mask.nii.gz", "_desc-brain_mask.nii", "_mask.nii.gz")),
                 labels=_derivative(root, stem, ("_dseg.nii.gz", "_dseg.nii")),
                 covariates={k: v for k, v in covariates.items() if v is not None},
@@ -336,7 +344,9 @@ def write_bids(cohort: Cohort, out: str | Path, *, progress: bool | None = None)
     """Write a cohort as a BIDS-like folder that `load_bids` reads back unchanged.
 
     Each scan becomes ``sub-X/ses-<site>/anat/sub-X_ses-<site>_T1w.nii.gz``;
-    ``sub-X/sub-X_sessions.tsv`` maps sessions to sites; masks and labels go to
+    ``sub-X/sub-X_sessions.tsv`` maps sessions to sites and names each scan's
+    session (column ``session``: ``rescan`` for a repeat, ``n/a`` for none; a
+    rescan's folder is ``ses-<site>rescan``); masks and labels go to
     ``derivatives/harmbench/``; per-subject covariates to ``participants.tsv``.
     """
     out = Path(out)
@@ -347,7 +357,7 @@ def write_bids(cohort: Cohort, out: str | Path, *, progress: bool | None = None)
     description = {"Name": cohort.name, "BIDSVersion": "1.9.0", "GeneratedBy": [{"Name": "harmbench"}]}
     (out / "dataset_description.json").write_text(json.dumps(description) + "\n")
     participants: dict[str, dict[str, Any]] = {}
-    sessions: dict[str, list[tuple[str, str]]] = {}
+    sessions: dict[str, list[tuple[str, str, str]]] = {}
     for scan in progress_bar(cohort.scans, enabled=progress, desc=f"writing {out.name}", unit="scan"):
         subject = scan.subject if scan.subject.startswith("sub-") else f"sub-{_bids_label(scan.subject)}"
         ses = f"ses-{labels_of[scan.site]}" + (_bids_label(scan.session) if scan.session else "")
@@ -363,7 +373,7 @@ def write_bids(cohort: Cohort, out: str | Path, *, progress: bool | None = None)
         if scan.labels is not None:
             nib.save(nib.Nifti1Image(scan.labels.astype(np.uint8), scan.affine), deriv / f"{stem}_dseg.nii.gz")
         participants.setdefault(subject, {}).update(scan.covariates)
-        sessions.setdefault(subject, []).append((ses, scan.site))
+        sessions.setdefault(subject, []).append((ses, scan.site, scan.session or "n/a"))
     covariate_names = sorted({k for row in participants.values() for k in row})
     rows = [
         {"participant_id": subj, **{c: row.get(c, "n/a") for c in covariate_names}}
@@ -371,7 +381,7 @@ def write_bids(cohort: Cohort, out: str | Path, *, progress: bool | None = None)
     ]
     pd.DataFrame(rows).to_csv(out / "participants.tsv", sep="\t", index=False)
     for subject, entries in sessions.items():
-        pd.DataFrame(entries, columns=["session_id", "site"]).to_csv(
+        pd.DataFrame(entries, columns=["session_id", "site", "session"]).to_csv(
             out / subject / f"{subject}_sessions.tsv", sep="\t", index=False
         )
     return out

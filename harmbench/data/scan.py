@@ -69,17 +69,25 @@ class Scan:
     def describe(self) -> str:
         return self.source or self.key
 
-    def make_read_only(self) -> Scan:
-        """Mark ``data``, ``affine``, ``mask`` and ``labels`` read-only in place; returns ``self``.
+    def read_only(self) -> Scan:
+        """This scan with read-only views of ``data``, ``affine``, ``mask`` and ``labels`` (no copy).
 
         The runner hands every plugin read-only scans, so a plugin that writes into its input (``scan.data *=
         2``) fails its own cell with numpy's "assignment destination is read-only" instead of silently
-        changing what the next plugin sees. A plugin that needs a scratch copy makes one (``with_data``).
+        changing what the next plugin sees. Views leave the arrays' owner free to write its own copy.
+        A plugin that needs scratch space copies (``scan.with_data(scan.data.copy())``).
         """
-        for array in (self.data, self.affine, self.mask, self.labels):
-            if isinstance(array, np.ndarray):
-                array.flags.writeable = False
-        return self
+
+        def view(array: np.ndarray | None) -> np.ndarray | None:
+            if not isinstance(array, np.ndarray):
+                return array
+            out = array.view()
+            out.flags.writeable = False
+            return out
+
+        return dataclasses.replace(
+            self, data=view(self.data), affine=view(self.affine), mask=view(self.mask), labels=view(self.labels)
+        )
 
 
 class Cohort:
@@ -148,11 +156,9 @@ class Cohort:
                 return s
         return None
 
-    def make_read_only(self) -> Cohort:
-        """Every scan's arrays read-only (`Scan.make_read_only`); returns ``self``."""
-        for scan in self.scans:
-            scan.make_read_only()
-        return self
+    def read_only(self) -> Cohort:
+        """The same cohort with every scan's arrays as read-only views (`Scan.read_only`)."""
+        return Cohort([scan.read_only() for scan in self.scans], name=self.name)
 
     def without_rescans(self) -> Cohort:
         return self.filter(lambda s: s.session != RESCAN_SESSION)

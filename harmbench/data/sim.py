@@ -1,10 +1,12 @@
-"""`harmbench-sim`: a simulated traveling-subject cohort (DESIGN §3).
+"""`harmbench-sim`: a simulated traveling-subject cohort (docs/design.md §3).
 
 Anatomy comes from the MNI152 2009 template that nilearn ships inside its
 wheel (GM and WM probability maps and the brain mask; CSF = mask − GM − WM,
 renormalised), so nothing is downloaded. Each subject is a smooth random
-deformation of that anatomy with its own tissue properties (and, optionally,
-age-related atrophy); each site is a scanner model from ``sites.toml``:
+deformation of that anatomy with its own tissue properties, cortical thickness
+(a GM/WM boundary shift), ventricle size (a local dilation) and global atrophy,
+from documented ranges (see the constants below). Each site is a scanner model
+from ``sites.toml`` (every parameter there has its source):
 
 * tissue T1 / T2* depend on the field strength B0 (values at 1.5 T and 3 T,
   a power law in B0 through them elsewhere — Rooney et al. 2007, MRM 57:308;
@@ -12,15 +14,23 @@ age-related atrophy); each site is a scanner model from ``sites.toml``:
 * the sequence gives each tissue a signal: a steady-state MPRAGE model
   (Deichmann et al. 2000, NeuroImage 12:112; Wang et al. 2014, MRM 71:1760)
   or the spoiled gradient-echo (SPGR/FLASH) steady-state equation
-  ``S = PD · sin α · (1 − E1) / (1 − cos α · E1) · exp(−TE / T2*)``;
+  ``S = PD · sin α · (1 − E1) / (1 − cos α · E1) · exp(−TE / T2*)``, with the
+  flip angle scaled voxel by voxel by the transmit (B1+) field, so the
+  transmit field changes contrast, not only brightness;
 * partial volume: a voxel's signal is the sum of its tissue fractions times
-  the tissue signals;
-* a smooth multiplicative receive bias field, a Gaussian point-spread function
-  (slice thickness), a vendor gain, and Rician magnitude noise
-  (Gudbjartsson & Patz 1995, MRM 34:910).
+  the tissue signals, on an object grid finer than the common grid along z;
+* a receive (B1−) sensitivity drawn per scan: the site's coil pattern seen
+  from the head's own position and size in the coil, plus a per-scan
+  perturbation;
+* the acquisition: k-space truncated to the site's voxel size along each axis
+  (blur and Gibbs ringing) with an optional vendor window, then averaged onto
+  the common grid; a vendor gain; Rician magnitude noise (Gudbjartsson & Patz
+  1995, MRM 34:910) scaled by a parallel-imaging g-factor map.
 
-Every subject is scanned at every site: labels and mask of a subject are the
-same array at every site, and its scans differ only by the scanner.
+Every subject is scanned at every site, and again at the rescan sites (session
+``"rescan"``: new head position, fields and noise). Labels and mask of a
+subject are the same array in every scan; the anatomy stays on the common
+grid as if registered.
 
 All randomness comes from ``numpy.random.Generator`` objects seeded with
 ``SeedSequence`` entropy ``[seed, stream, subject_index, ...]``, so a subject's
@@ -704,9 +714,10 @@ def _unit_polynomial(coef: np.ndarray, max_order: int, u: np.ndarray) -> np.ndar
 # low-order), fixed per site. Each scan adds a random quadratic of this fraction of the site's strength: coil
 # loading and the head's position in an array coil change the sensitivities beyond a rigid shift (assumption).
 _SCAN_BIAS_FRACTION = 0.3
-# Transmit field: a per-scan random left-right / front-back / up-down tilt of this fraction of the site's amplitude
-# on top of the centre-brightening (head shape and position in the body coil; assumption).
-_TRANSMIT_TILT = 0.25
+# Transmit field: the centre-brightening standing-wave pattern is set by the head's own dielectric properties, so
+# it moves with the head (Sled & Pike 1998); the head's position in the transmit coil adds a per-scan random
+# left-right / front-back / up-down tilt of this fraction of the site's amplitude (a few percent; assumption).
+_TRANSMIT_TILT = 0.1
 # Where the head sits in the coil, per scan: translation SD per axis (mm) and rotation SD per axis (degrees).
 # Typical repositioning between sessions is a few millimetres and degrees (assumption).
 _POSITION_SD_MM = 4.0
@@ -747,11 +758,12 @@ class ScanFields:
 
 
 def scan_fields(site: SiteSpec, head_scale: np.ndarray, seed: int, rng: np.random.Generator) -> ScanFields:
-    """Draw one scan's head pose and evaluate the site's receive, transmit and g-factor fields in the head's frame.
+    """Draw one scan's head pose and evaluate the site's receive, transmit and g-factor fields at the control points.
 
-    The anatomy stays on the common grid (as if registered); the head moving in the coil shows as the fields moving
-    relative to the anatomy. Draws always happen in the same order, whatever the site's strengths, so switching
-    one effect off leaves every other random draw unchanged.
+    The anatomy stays on the common grid (as if registered); the head moving in the coil shows as the coil-bound
+    fields (receive sensitivity, g-factor) moving relative to the anatomy. The transmit pattern follows the head,
+    tilted by the head's position in the coil. Draws always happen in the same order, whatever the site's
+    strengths, so switching one effect off leaves every other random draw unchanged.
     """
     angles = _ROTATION_SD_DEG * rng.standard_normal(3)
     shift = _POSITION_SD_MM * rng.standard_normal(3)
@@ -767,7 +779,8 @@ def scan_fields(site: SiteSpec, head_scale: np.ndarray, seed: int, rng: np.rando
     log_receive = site.bias * (
         _unit_polynomial(_site_coil(site.key, seed), 3, u) + _SCAN_BIAS_FRACTION * _unit_polynomial(scan_coef, 2, u)
     )
-    transmit = 1.0 + site.transmit * ((1.0 - 2.0 * rho2) + _TRANSMIT_TILT * (tilt @ u))
+    head = (lattice - _HEAD_CENTRE[:, None]) / _HEAD_RADII[:, None]
+    transmit = 1.0 + site.transmit * ((1.0 - 2.0 * (head**2).sum(axis=0)) + _TRANSMIT_TILT * (tilt @ u))
     g_map = 1.0 + (site.g_factor - 1.0) * np.exp(-rho2 / (2 * _G_FACTOR_WIDTH**2))
     return ScanFields(coil, np.exp(log_receive), np.clip(transmit, 0.3, 1.7), g_map)
 

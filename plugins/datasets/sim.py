@@ -14,6 +14,9 @@ from harmbench.data import sim
 from harmbench.data.scan import Cohort
 from harmbench.errors import ConfigError
 
+#: Values of the dataset parameter ``rescans``.
+RESCAN_CHOICES = ("target", "all", "none")
+
 
 def _file_digest(path: Path) -> str:
     try:
@@ -30,12 +33,16 @@ def _package_version(name: str) -> str:
 
 
 class SimulatedDataset(DatasetSource):
-    """MNI152-based traveling subjects scanned at every simulated site (DESIGN §3).
+    """MNI152-based traveling subjects scanned at every simulated site (docs/design.md §3).
 
-    ``profile``: ``quick`` (4 mm, 16 subjects), ``standard`` (2 mm, 24) or
-    ``full`` (1 mm, 40); ``n_subjects`` / ``voxel_mm`` override it.
+    ``profile``: ``quick`` (4 mm, 16 subjects), ``default`` (3 mm, 64: what
+    ``harmbench run`` uses), ``standard`` (2 mm, 24) or ``full`` (1 mm, 40);
+    ``n_subjects`` / ``voxel_mm`` override it.
     ``sites_file``: a TOML table of extra sites (schema of
     ``harmbench/data/sites.toml``) added to, or replacing, the built-in ones.
+    ``rescans``: which sites scan every subject a second time (session
+    ``"rescan"``, the scan-rescan ceiling): ``"target"`` (the table's default
+    target site; one extra scan per subject), ``"all"`` or ``"none"``.
     """
 
     name = "harmbench-sim"
@@ -48,12 +55,14 @@ class SimulatedDataset(DatasetSource):
         n_subjects: int | None = None,
         voxel_mm: float | None = None,
         sites_file: str | None = None,
+        rescans: str = "target",
     ) -> None:
         self.profile = profile
         self.seed = seed
         self.n_subjects = n_subjects
         self.voxel_mm = voxel_mm
         self.sites_file = sites_file
+        self.rescans = rescans
 
     # -- helpers ----------------------------------------------------------------
     def _table(self) -> tuple[list[sim.SiteSpec], dict[str, Any]]:
@@ -65,6 +74,11 @@ class SimulatedDataset(DatasetSource):
                 f"dataset {self.name!r}: unknown profile {self.profile!r}; choose one of: {', '.join(sim.PROFILES)}"
             )
         prof = sim.PROFILES[self.profile]
+        if self.rescans not in RESCAN_CHOICES:
+            raise ConfigError(
+                f"dataset {self.name!r}: parameter 'rescans' must be one of {', '.join(RESCAN_CHOICES)}, "
+                f"got {self.rescans!r}"
+            )
         n = prof.n_subjects if self.n_subjects is None else int(self.n_subjects)
         v = prof.voxel_mm if self.voxel_mm is None else float(self.voxel_mm)
         return n, v
@@ -84,14 +98,22 @@ class SimulatedDataset(DatasetSource):
             "voxel_mm": v,
             "sites": _file_digest(sim.DEFAULT_SITES_FILE),
             "user_sites": _file_digest(Path(self.sites_file)) if self.sites_file else None,
+            "rescans": self.rescans,
         }
         digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.name}-{self.profile}-{digest}"
 
     def load(self) -> Cohort:
         n, v = self._resolved()
-        sites, _ = self._table()
-        return sim.simulate_cohort(self.profile, int(self.seed), n_subjects=n, sites=sites, voxel_mm=v)
+        sites, defaults = self._table()
+        if self.rescans == "target":
+            target = defaults.get("target_site")
+            rescan_sites: str | list[str] = [target] if target in {s.name for s in sites} else "none"
+        else:
+            rescan_sites = self.rescans
+        return sim.simulate_cohort(
+            self.profile, int(self.seed), n_subjects=n, sites=sites, voxel_mm=v, rescan_sites=rescan_sites
+        )
 
     def default_target_site(self, cohort: Cohort) -> str:
         target = self._table()[1].get("target_site")

@@ -256,6 +256,7 @@ class HAILHarmonizer(Harmonizer):
         needs_source_sites=True,
         handles_unseen_sites=True,
         devices=("cpu", "cuda"),
+        stochastic=True,
     )
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Identity: returns every scan unchanged — the floor every method must beat (DESIGN §6)."""
+"""Identity: returns every scan unchanged — the floor every method must beat (docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -36,9 +36,11 @@ def test_bids_round_trip_is_unchanged(tiny_cohort, tmp_path):
     write_bids(small, tmp_path / "bids", progress=False)
     back = load_bids(tmp_path / "bids", progress=False)
     assert len(back) == len(small)
+    rescans = [s for s in small if s.session == "rescan"]
+    assert rescans, "the simulated cohort has target-site rescans"
     for scan in small:
-        other = back.find(scan.subject, scan.site)
-        assert other is not None and other.key == scan.key
+        other = (back.find_rescan if scan.session else back.find)(scan.subject, scan.site)
+        assert other is not None and other.key == scan.key and other.session == scan.session
         np.testing.assert_array_equal(other.data, scan.data)
         np.testing.assert_array_equal(other.mask, scan.mask)
         np.testing.assert_array_equal(other.labels, scan.labels)
@@ -125,3 +127,30 @@ def test_missing_file_is_named(tmp_path):
     path = _manifest(tmp_path, [("a", "s", "missing.nii.gz")])
     with pytest.raises(DataError, match=r"missing\.nii\.gz"):
         load_manifest(path, progress=False)
+
+
+def test_bids_rescans_come_back_as_sessions(tiny_cohort, tmp_path):
+    """`harmbench data synth` output: the rescan folder is read back as session "rescan" at the same site."""
+    subject = tiny_cohort.subjects[0]
+    scans = [s for s in tiny_cohort if s.subject in tiny_cohort.subjects[:2]]
+    write_bids(Cohort(scans, name="x"), tmp_path / "bids", progress=False)
+    sessions = pd.read_csv(tmp_path / "bids" / subject / f"{subject}_sessions.tsv", sep="\t", dtype=str)
+    assert "rescan" in set(sessions["session"])
+    back = load_bids(tmp_path / "bids", progress=False)
+    rescan = [s for s in back if s.session == "rescan" and s.subject == subject]
+    assert len(rescan) == 1
+    original = tiny_cohort.find_rescan(subject, rescan[0].site)
+    np.testing.assert_array_equal(rescan[0].data, original.data)
+    first = back.find(subject, rescan[0].site)
+    assert first.session is None and not np.array_equal(first.data, rescan[0].data)
+
+
+def test_manifest_session_column_marks_rescans(tmp_path):
+    for i in range(4):
+        _save(tmp_path / "img" / f"s{i}.nii.gz", _volume(i))
+    rows = [("p0", "a", "img/s0.nii.gz", ""), ("p0", "a", "img/s1.nii.gz", "rescan")]
+    rows += [("p0", "b", "img/s2.nii.gz", ""), ("p1", "b", "img/s3.nii.gz", "")]
+    cohort = load_path(_manifest(tmp_path, rows, columns=("subject", "site", "path", "session")), progress=False)
+    assert cohort.find("p0", "a").source.endswith("s0.nii.gz")
+    assert cohort.find_rescan("p0", "a").source.endswith("s1.nii.gz")
+    assert cohort.find_rescan("p0", "b") is None

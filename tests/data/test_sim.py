@@ -23,12 +23,17 @@ def cohort():
 def test_cohort_layout(cohort):
     sites = [s.name for s in sim.default_sites()]
     assert cohort.name == "harmbench-sim"
-    assert len(cohort) == 3 * len(sites)
+    # every subject at every site, plus one rescan at the default target site
+    assert len(cohort) == 3 * (len(sites) + 1)
     assert cohort.sites == sites
     assert cohort.subjects == ["sub-001", "sub-002", "sub-003"]
     assert cohort.traveling_subjects() == cohort.subjects
     scan = cohort.find("sub-002", sites[0])
-    assert scan.source == f"harmbench-sim:sub-002@{sites[0]}"
+    assert scan.source == f"harmbench-sim:sub-002@{sites[0]}" and scan.session is None
+    rescans = [s for s in cohort if s.session == "rescan"]
+    assert [(s.subject, s.site) for s in rescans] == [(subj, sim.DEFAULT_TARGET_SITE) for subj in cohort.subjects]
+    assert cohort.find_rescan("sub-002", sim.DEFAULT_TARGET_SITE).source.endswith("#rescan")
+    assert len(cohort.without_rescans()) == 3 * len(sites)
     manifest = cohort.manifest
     assert {"age", "sex"} <= set(manifest.columns)
 
@@ -42,7 +47,7 @@ def test_default_table():
     assert sim.DEFAULT_TARGET_SITE in names
     assert len(sim.DEFAULT_UNSEEN_SITES) == 2
     assert set(sim.DEFAULT_UNSEEN_SITES) <= set(names) - {sim.DEFAULT_TARGET_SITE}
-    for p in ("quick", "standard", "full"):
+    for p in ("quick", "default", "standard", "full"):
         assert p in sim.PROFILES
 
 
@@ -94,7 +99,7 @@ def test_labels_and_mask_identical_across_sites(cohort):
             assert s.covariates == scans[0].covariates
             np.testing.assert_array_equal(s.affine, scans[0].affine)
     # ...but subjects differ from one another.
-    a, b = cohort.by_site(cohort.sites[0])[:2]
+    a, b = cohort.without_rescans().by_site(cohort.sites[0])[:2]
     assert (a.labels != b.labels).mean() > 0.01
 
 
@@ -136,7 +141,7 @@ def test_deterministic_for_a_seed():
 def test_subset_of_subjects_gives_the_same_scans(cohort):
     small = sim.simulate_cohort("quick", seed=0, n_subjects=2, voxel_mm=V)
     for scan in small:
-        full = cohort.find(scan.subject, scan.site)
+        full = (cohort.find_rescan if scan.session else cohort.find)(scan.subject, scan.site)
         np.testing.assert_array_equal(scan.data, full.data)
         np.testing.assert_array_equal(scan.labels, full.labels)
     # One subject alone, and one site alone, match the cohort too.
@@ -183,7 +188,7 @@ sequence = "spgr"
 tr_ms = 20.0
 te_ms = 4.0
 flip_deg = 25.0
-fwhm_mm = [1.0, 1.0, 4.0]
+voxel_mm = [1.0, 1.0, 4.0]
 bias = 0.3
 noise = 0.05
 gain = 40.0
@@ -197,7 +202,7 @@ ti_ms = 1000.0
 te_ms = 2.5
 flip_deg = 8.0
 echo_spacing_ms = 6.0
-fwhm_mm = [1.0, 1.0, 1.0]
+voxel_mm = [1.0, 1.0, 1.0]
 bias = 0.0
 noise = 0.0
 gain = 1.0
@@ -234,7 +239,11 @@ def test_user_table_can_replace_the_defaults(tmp_path):
     [
         ("tr_ms = 20.0", 'tr_ms = "fast"', "tr_ms"),
         ("flip_deg = 25.0", "flip_deg = -5.0", "flip_deg"),
-        ("fwhm_mm = [1.0, 1.0, 4.0]", "fwhm_mm = [1.0, 4.0]", "fwhm_mm"),
+        ("voxel_mm = [1.0, 1.0, 4.0]", "voxel_mm = [1.0, 4.0]", "voxel_mm"),
+        ("voxel_mm = [1.0, 1.0, 4.0]", "fwhm_mm = [1.0, 1.0, 4.0]", "fwhm_mm"),
+        ("gain = 40.0", 'gain = 40.0\napodization = "gauss"', "apodization"),
+        ("gain = 40.0", "gain = 40.0\ng_factor = 0.5", "g_factor"),
+        ("gain = 40.0", "gain = 40.0\ntransmit = 0.9", "transmit"),
         ('sequence = "spgr"', 'sequence = "epi"', "sequence"),
         ("gain = 40.0", "gain = 40.0\ncolour = 3", "colour"),
         ("noise = 0.05\n", "", "noise"),
