@@ -332,7 +332,11 @@ class Evaluator(_Parametrised, ABC):
     metrics: ClassVar[tuple[MetricSpec, ...]]
 
     def prepare(self, train: Cohort, target_site: str, cache_dir: Path | None) -> None:
-        """Train whatever the evaluator needs, once per dataset and target (default: nothing)."""
+        """Train whatever the evaluator needs, once per dataset and target (default: nothing).
+
+        The runner passes the unpaired training cohort plus every target-site scan of every training subject
+        (no test subject, no rescan).
+        """
 
     @abstractmethod
     def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import numbers
 import shutil
 import signal
@@ -74,7 +75,7 @@ from harmbench.results import (
     to_frame,
 )
 from harmbench.suite import Component, Suite
-from harmbench.timing import measure, resolve_run_device
+from harmbench.timing import measure, resolve_run_device, thread_budget, time_each
 
 log = logging.getLogger(__name__)
 
@@ -562,7 +563,11 @@ class Runner:
         train = data.train if h_cls.meta.needs_source_sites else data.target_only_train()
         harmonizer.checkpoint_dir = model_dir / "checkpoint"
         rng = np.random.default_rng(seed)
-        with time_limit(self.suite.cell_timeout_s, f"fit of {component.label}"), measure(device) as fit:
+        with (
+            time_limit(self.suite.cell_timeout_s, f"fit of {component.label}"),
+            thread_budget(),
+            measure(device) as fit,
+        ):
             returned = harmonizer.fit(train, data.target_site, data.reference, rng=rng)
         if returned is not harmonizer:
             raise PluginError(f"harmonizer {component.label!r}: fit() must return self")
@@ -594,25 +599,38 @@ class Runner:
         reference: Scan,
         scenario: str,
         device: str,
-    ) -> tuple[list[Scan], list[float], float]:
-        """Outputs, per-scan transform seconds, and the pass's peak memory (MB) on ``device``."""
-        outputs, times, peak = [], [], 0.0
+    ) -> tuple[list[Scan], list[float], dict[str, float]]:
+        """Outputs, per-scan transform seconds, and the pass's timing summary on ``device`` (`harmbench.timing`:
+        one thread budget, a warm-up call, at least ``MIN_TIMED`` timed calls, the ``adapt`` step's seconds)."""
         meta = self.harmonizer_classes[component.label].meta
-        uses_reference = meta.uses_reference
-        if meta.transductive:
-            with time_limit(self.suite.cell_timeout_s, f"adapt of {component.label} to {scenario} sites"):
-                for site in dict.fromkeys(s.site for s in scans):
-                    harmonizer.adapt([s for s in scans if s.site == site])
-        bar = progress_bar(scans, desc=f"{component.label} [{scenario}]", unit="scan")
-        with time_limit(self.suite.cell_timeout_s, f"transform of {scenario} scans by {component.label}"):
-            for scan in bar:
-                with measure(device) as one:
-                    output = harmonizer.transform(scan, reference if uses_reference else None)
-                times.append(one.seconds)
-                peak = max(peak, one.peak_mem_mb)
-                # read-only, like the inputs: evaluators must not change what the next evaluator sees
-                outputs.append(check_output(component.label, scan, output).read_only())
-        return outputs, times, peak
+        ref = reference if meta.uses_reference else None
+        adapt_s = math.nan
+        with thread_budget() as threads:
+            if meta.transductive:
+                with (
+                    time_limit(self.suite.cell_timeout_s, f"adapt of {component.label} to {scenario} sites"),
+                    measure(device) as adapt,
+                ):
+                    for site in dict.fromkeys(s.site for s in scans):
+                        harmonizer.adapt([s for s in scans if s.site == site])
+                adapt_s = adapt.seconds
+            bar = progress_bar(scans, desc=f"{component.label} [{scenario}]", unit="scan")
+            with time_limit(self.suite.cell_timeout_s, f"transform of {scenario} scans by {component.label}"):
+                timed = time_each(lambda scan: harmonizer.transform(scan, ref), bar, device)
+        # read-only, like the inputs: evaluators must not change what the next evaluator sees
+        outputs = [
+            check_output(component.label, scan, out).read_only() for scan, out in zip(scans, timed.outputs, strict=True)
+        ]
+        steady = np.asarray(timed.all_seconds, dtype=float)
+        summary = {
+            "transform_s_median": float(np.median(steady)) if steady.size else math.nan,
+            "transform_s_iqr": float(np.subtract(*np.percentile(steady, [75, 25]))) if steady.size else math.nan,
+            "n_timed": float(steady.size),
+            "adapt_s": adapt_s,
+            "threads": float(threads),
+            "peak_mem_mb": timed.peak_mem_mb,
+        }
+        return outputs, timed.seconds, summary
 
     def _image_path(self, scenario: str, label: str, scan: Scan) -> Path:
         return self.out_dir / "images" / scenario / label / f"{scan.subject}_{scan.site}.nii.gz"
@@ -634,7 +652,13 @@ class Runner:
                 / "evaluators"
                 / f"{component.label}-{_hash(self.context_id, e_cls.version, component.params)}"
             )
-            evaluator.prepare(data.train, data.target_site, cache)
+            # Evaluators get every target-site scan of every training subject (a target-site model such as a
+            # downstream segmenter would otherwise see 1/(number of seen sites) of them) beside the unpaired
+            # training cohort; never a test subject.
+            target_only = data.target_only_train()
+            known = {s.key for s in data.train}
+            train = Cohort([*data.train, *(s for s in target_only if s.key not in known)], name=data.train.name)
+            evaluator.prepare(train, data.target_site, cache)
             self._evaluators[component.label] = evaluator
         return self._evaluators[component.label]
 
@@ -725,7 +749,7 @@ class Runner:
                 continue
             scans = data.scenario_scans(scenario)
             try:
-                outputs, times, transform_peak = self._transform_all(
+                outputs, times, summary = self._transform_all(
                     component, harmonizer, scans, data.reference, scenario, device
                 )
             except PLUGIN_FAILURES as exc:  # isolation: the reason goes into the results, the traceback under errors/
@@ -742,9 +766,10 @@ class Runner:
                     target_pool=data.target_pool(),
                     rescan=data.rescan_of(scan),
                     timing={
+                        **summary,
                         "fit_s": fit_stats["fit_s"],
                         "transform_s": t,
-                        "peak_mem_mb": max(fit_stats["peak_mem_mb"], transform_peak),
+                        "peak_mem_mb": max(fit_stats["peak_mem_mb"], summary["peak_mem_mb"]),
                     },
                 )
                 for scan, out, t in zip(scans, outputs, times, strict=True)

@@ -5,8 +5,17 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
-from harmbench.timing import measure, resolve_run_device
+from harmbench.timing import (
+    MEMORY_FLOOR_MB,
+    THREAD_BUDGET,
+    measure,
+    resolve_run_device,
+    thread_budget,
+    thread_count,
+    time_each,
+)
 
 
 def test_measure_times_the_block():
@@ -34,3 +43,38 @@ def test_peak_memory_does_not_count_what_was_resident_before():
 
 def test_cpu_stays_cpu():
     assert resolve_run_device("cpu") == "cpu"
+
+
+def test_memory_has_a_floor():
+    with measure("cpu") as stage:
+        pass
+    assert stage.peak_mem_mb >= MEMORY_FLOOR_MB > 0
+
+
+def test_time_each_warms_up_and_times_at_least_min_timed_calls():
+    calls = []
+    timed = time_each(lambda x: calls.append(x) or x * 2, [1, 2], "cpu", warmup=1, min_timed=5)
+    assert timed.outputs == [2, 4] and len(timed.seconds) == 2 and len(timed.extra_seconds) == 3
+    assert calls == [1, 1, 2, 1, 2, 1]  # one warm-up call, the two items, then cycling to five timings
+    assert len(timed.all_seconds) == 5 and timed.peak_mem_mb >= MEMORY_FLOOR_MB
+    many = time_each(lambda x: x, range(7), "cpu")
+    assert len(many.seconds) == 7 and many.extra_seconds == []
+    assert time_each(lambda x: x, [], "cpu").all_seconds == []
+
+
+def test_thread_budget_holds_numpy_and_torch_to_the_same_count(monkeypatch):
+    import torch
+    from threadpoolctl import threadpool_info
+
+    before = torch.get_num_threads()
+    with thread_budget(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("HARMBENCH_TORCH_THREADS", "3")
+    assert thread_count() == 3
+    monkeypatch.setenv("HARMBENCH_TORCH_THREADS", "0")
+    with pytest.raises(ValueError, match="HARMBENCH_TORCH_THREADS"):
+        thread_count()
+    monkeypatch.delenv("HARMBENCH_TORCH_THREADS")
+    assert thread_count() == THREAD_BUDGET

@@ -14,7 +14,11 @@ encoder's features of the same level (the skip connection). Channels double per 
 
 Instance normalisation rather than batch normalisation: the networks that use this module train
 with a batch of one or a few volumes, where batch statistics are noise, and a model in ``eval()``
-then behaves exactly as in training (no running statistics to drift).
+then behaves exactly as in training (no running statistics to drift). ``norm="none"`` drops the
+normalisation layers: instance normalisation divides each feature map by its own spread, which
+cancels a global intensity gain (and much of an offset) of the input — right for a model that should
+ignore the intensity scale, wrong for one that must react to it (a downstream model trained at one
+site, used to expose another site's intensities).
 
 Any input size is accepted: the volume is zero-padded (split evenly before/after, the extra voxel
 after) to a multiple of ``2**levels`` in every axis and the logits are cropped back, so the output
@@ -53,13 +57,21 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return F.pad(x, flat), tuple(crops)
 
 
-def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+#: The normalisation layers `UNet3d` offers (see the module docstring).
+NORMS = ("instance", "none")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    return nn.InstanceNorm3d(channels, affine=True) if kind == "instance" else nn.Identity()
+
+
+def _conv_block(in_channels: int, out_channels: int, norm: str = "instance") -> nn.Sequential:
     return nn.Sequential(
         nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.InstanceNorm3d(out_channels, affine=True),
+        _norm(norm, out_channels),
         nn.LeakyReLU(0.1),
         nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1),
-        nn.InstanceNorm3d(out_channels, affine=True),
+        _norm(norm, out_channels),
         nn.LeakyReLU(0.1),
     )
 
@@ -68,11 +80,20 @@ class UNet3d(nn.Module):
     """3-D U-Net: ``(N, in_channels, D, H, W)`` → ``(N, out_channels, D, H, W)`` logits, any ``D, H, W``.
 
     ``levels`` is the number of 2× downsamplings (0 gives a plain two-convolution network);
-    ``base_channels`` the width of the full-resolution level (doubled per level).
+    ``base_channels`` the width of the full-resolution level (doubled per level); ``norm`` one of `NORMS`.
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, base_channels: int = 8, levels: int = 2) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        base_channels: int = 8,
+        levels: int = 2,
+        norm: str = "instance",
+    ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"UNet3d: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         for name, value, low in (
             ("in_channels", in_channels, 1),
             ("out_channels", out_channels, 1),
@@ -84,12 +105,12 @@ class UNet3d(nn.Module):
         self.levels = levels
         widths = [base_channels * 2**i for i in range(levels + 1)]
         self.encoders = nn.ModuleList(
-            [_conv_block(in_channels if i == 0 else widths[i - 1], widths[i]) for i in range(levels + 1)]
+            [_conv_block(in_channels if i == 0 else widths[i - 1], widths[i], norm) for i in range(levels + 1)]
         )
         self.upsamplers = nn.ModuleList(
             [nn.ConvTranspose3d(widths[i + 1], widths[i], kernel_size=2, stride=2) for i in range(levels)]
         )
-        self.decoders = nn.ModuleList([_conv_block(2 * widths[i], widths[i]) for i in range(levels)])
+        self.decoders = nn.ModuleList([_conv_block(2 * widths[i], widths[i], norm) for i in range(levels)])
         self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
 
     @property

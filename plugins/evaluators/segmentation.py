@@ -7,45 +7,53 @@ Reference:
     harmonized images are to the target site, the better it segments them.
 
 Protocol here. In ``prepare`` a small 3-D U-Net (`harmbench.nn.unet.UNet3d`) is trained on the
-target site's training scans (``train`` filtered to ``target_site``) with their tissue labels, and
-nothing else — no source-site scan, no test subject. In ``evaluate`` it segments every harmonized test
-scan (``case.output``) and is scored against the subject's ground-truth labels (``case.input.labels``;
-a traveling subject's anatomy is the same at every site):
+target site's training scans (every labelled ``target_site`` scan of ``train``; the runner gives the
+evaluators every target-site scan of every training subject) with their tissue labels, and nothing
+else — no source-site scan, no test subject. In ``evaluate`` it segments every harmonized test scan
+(``case.output``) and is scored against the subject's ground-truth labels (``case.input.labels``; a
+traveling subject's anatomy is the same at every site):
 
-- ``iou_csf``, ``iou_gm``, ``iou_wm``: ``|P ∩ G| / |P ∪ G|`` per tissue (Jaccard index);
-- ``dice_mean``: the mean over the three tissues of ``2 |P ∩ G| / (|P| + |G|)``.
+- ``dice_mean``: the mean over the three tissues of ``2 |P ∩ G| / (|P| + |G|)``, per scan;
+- ``dice_gap_closed`` (the leaderboard's *downstream* axis), per scan:
+  ``(dice(output) − dice(input)) / (dice(rescan) − dice(input))``, where ``input`` is the unharmonized
+  source scan (what identity scores) and ``rescan`` the subject's target-site rescan (``case.rescan``,
+  scored against its own labels): the share of the site's Dice gap the method closed — 0 for identity,
+  1 at the scan-rescan ceiling (it can exceed 1, or fall below 0 when a method makes things worse). NaN
+  where the case has no rescan, or where the gap ``dice(rescan) − dice(input)`` is below
+  ``GAP_FLOOR`` = 0.02: the source scan then segments about as well as the target site's own rescan, there
+  is no gap to close, and the ratio would only amplify noise;
+- ``iou_csf``, ``iou_gm``, ``iou_wm``: ``|P ∩ G| / |P ∪ G|`` per tissue (Jaccard index), not on the
+  summary board.
 
-A tissue absent from both prediction and ground truth has an undefined (NaN) score. The same
-evaluator applied to a subject's real target-site scan (the runner's oracle row) gives the
-segmenter's ceiling on target-site data; a perfect harmonizer reaches it, identity is the floor.
+A tissue absent from both prediction and ground truth has an undefined (NaN) score.
 
-Intensity normalisation of the segmenter's input: every scan (training and evaluated alike) is divided
-by the 99th percentile of its own brain voxels (the bright end of white matter in a T1w scan) and set to
-0 outside its brain mask. Why: per-image scaling is what any real segmentation pipeline applies first,
-so the metric measures what harmonization must fix for such a pipeline — tissue contrast, noise, bias
-field and blur — and not a global gain, which the intensity metrics (``wasserstein``) already score. A
-robust percentile rather than the maximum keeps a few bright voxels from setting the scale. The
-segmenter gets no intensity augmentation on purpose: it must know the target site's contrast only,
+Intensity normalisation — the target site's, fixed. Every scan the segmenter sees (training and evaluated
+alike) is divided by one number learned from the target site in ``prepare``: the median over the
+target-site training scans of each scan's 99th brain-voxel percentile (``scale_``), and set to 0 outside
+its brain mask. No per-image normalisation and no instance normalisation in the network (``norm="none"``):
+either would cancel a global intensity gain, and a pipeline trained at one site that meets another site's
+intensities is exactly what harmonization exists for. So a model trained at the target site degrades at a
+source site as it does in practice (identity's Dice on a source site is well below the rescan's), and
+a harmonizer is rewarded for putting the scan in the target site's intensity scale *and* contrast. The
+segmenter gets no intensity augmentation on purpose: it must know the target site's intensities only,
 otherwise it would tolerate exactly the site differences it is meant to expose.
 
 Other choices. Each scan is cropped to its brain's bounding box (plus a margin) in training and at
-inference alike, so instance normalisation sees the same kind of field of view in both. The network
-predicts the three tissues inside the brain mask, which is given (scans are skull-stripped); the loss is
-cross-entropy plus soft Dice over brain voxels (Dice so that CSF, a few per cent of the brain, counts).
-Training: Adam, one whole (cropped) scan per step in a seeded order, random left-right flips (the only
-augmentation), a fixed number of ``steps`` with the learning rate decayed by a cosine schedule. Whole
-scans rather than patches because instance normalisation then sees at inference what it saw in
-training. Defaults (120 steps, 8 base channels, 2 levels, learning rate 3e-3) are sized for the quick
-profile (~3 target-site scans of 48×56×48 voxels): about 0.3 s a step on two CPU cores, a ceiling mean
-Dice of ~0.8 on target-site test scans. Weights are initialised and batches drawn inside
-`harmbench.nn.runtime.seeded` from the ``seed`` parameter, with deterministic kernels: on the CPU a
-re-run gives identical weights. On CUDA (``device="cuda"``) training uses float16 autocast with a
-gradient scaler.
+inference alike (less work, the same field of view in both). The network predicts the three tissues
+inside the brain mask, which is given (scans are skull-stripped); the loss is cross-entropy plus soft
+Dice over brain voxels (Dice so that CSF, a few per cent of the brain, counts). Training: Adam, one
+whole (cropped) scan per step in a seeded order, random left-right flips (the only augmentation), a
+fixed number of ``steps`` with the learning rate decayed by a cosine schedule. Defaults (120 steps, 8
+base channels, 2 levels, learning rate 3e-3) are sized for the quick profile (the target site's ~12
+training scans of 48×56×48 voxels): about 0.3 s a step on two CPU cores.
+Weights are initialised and batches drawn inside `harmbench.nn.runtime.seeded` from the ``seed``
+parameter, with deterministic kernels: on the CPU a re-run gives identical weights. On CUDA (``device="cuda"``)
+training uses float16 autocast with a gradient scaler.
 
 Caching: with a ``cache_dir`` the trained weights are saved as ``segmenter-<key>.npz`` (plain arrays,
-no pickle). The key hashes the evaluator version, the parameters, the device kind and the training
-scans' contents (keys, voxels, masks, labels), so a re-run loads the weights instead of retraining,
-and any change retrains.
+no pickle), with ``scale_``. The key hashes the evaluator version, the parameters, the device kind
+and the training scans' contents (keys, voxels, masks, labels), so a re-run loads the weights
+instead of retraining, and any change retrains.
 """
 
 from __future__ import annotations
@@ -80,8 +88,10 @@ from harmbench.results import atomic_path
 
 log = logging.getLogger(__name__)
 
-#: Brain-voxel percentile each scan is divided by before segmentation (see the module docstring).
+#: Brain-voxel percentile whose target-site median sets the segmenter's fixed scale (see the module docstring).
 SCALE_PERCENTILE = 99.0
+#: Smallest Dice gap (rescan − input) for which ``dice_gap_closed`` is defined (see the module docstring).
+GAP_FLOOR = 0.02
 #: Voxels kept around the brain's bounding box.
 CROP_MARGIN = 2
 #: Prefix of the network's arrays in the cached ``.npz``.
@@ -89,18 +99,21 @@ STATE_PREFIX = "unet"
 N_TISSUES = len(TISSUES)
 
 
-def normalise(scan: Scan) -> np.ndarray:
-    """The segmenter's input: ``data / p99(brain voxels)`` inside the brain, 0 outside (float32).
-
-    A scan whose brain percentile is not positive (e.g. an all-zero output) is left unscaled: it will
-    segment badly, which is the right score for it.
-    """
-    brain = scan.brain
-    values = scan.data[brain]
-    scale = float(np.percentile(values, SCALE_PERCENTILE)) if values.size else 0.0
+def site_scale(scans: Sequence[Scan]) -> float:
+    """The target site's fixed intensity scale: the median over ``scans`` of each brain's 99th percentile."""
+    per_scan = [float(np.percentile(s.brain_values(), SCALE_PERCENTILE)) for s in scans if s.brain.any()]
+    scale = float(np.median(per_scan)) if per_scan else math.nan
     if not math.isfinite(scale) or scale <= 0.0:
-        scale = 1.0
-    return np.where(brain, scan.data / np.float32(scale), np.float32(0.0)).astype(np.float32)
+        raise DataError(
+            f"segmentation: the target-site training scans have no positive brain intensity scale ({scale!r})"
+        )
+    return scale
+
+
+def normalise(scan: Scan, scale: float) -> np.ndarray:
+    """The segmenter's input: ``data / scale`` inside the brain, 0 outside (float32); ``scale`` is the
+    target site's (`site_scale`), the same for every scan."""
+    return np.where(scan.brain, scan.data / np.float32(scale), np.float32(0.0)).astype(np.float32)
 
 
 def brain_box(brain: np.ndarray, margin: int = CROP_MARGIN) -> tuple[slice, ...]:
@@ -157,20 +170,22 @@ def _fingerprint(scans: Sequence[Scan]) -> str:
 class SegmentationEvaluator(PerScanEvaluator):
     """BlindHarmony's downstream segmentation (Jeong et al., ICCV 2023, arXiv 2305.10732).
 
-    A 3-D U-Net trained only on target-site scans segments each harmonized scan; IoU per tissue and
-    mean Dice against the ground-truth labels. Parameters: ``seed`` (weights and batch order),
+    A 3-D U-Net trained only on target-site scans, in the target site's fixed intensity scale, segments
+    each harmonized scan; mean Dice, the share of the Dice gap to the target-site rescan closed, and IoU
+    per tissue against the ground-truth labels. Parameters: ``seed`` (weights and batch order),
     ``device`` (``"cpu"`` or ``"cuda[:N]"``), ``steps`` (training steps, one scan each),
     ``base_channels`` and ``levels`` (U-Net width and depth), ``learning_rate`` (Adam).
     """
 
     name = "segmentation"
-    version = "1.0"
+    version = "2.0"
     metrics = (
         *(
             MetricSpec(
                 f"iou_{tissue}",
                 higher_is_better=True,
                 ideal=1.0,
+                main=False,
                 description=f"IoU of {tissue.upper()} segmented by a target-site-only 3-D U-Net vs ground truth",
             )
             for tissue in TISSUES.values()
@@ -179,7 +194,16 @@ class SegmentationEvaluator(PerScanEvaluator):
             "dice_mean",
             higher_is_better=True,
             ideal=1.0,
-            description="mean Dice over CSF, GM, WM of the target-site-only 3-D U-Net vs ground truth",
+            description="mean Dice over CSF, GM, WM of a 3-D U-Net trained on target-site scans in the target "
+            "site's fixed intensity scale, vs ground truth",
+        ),
+        MetricSpec(
+            "dice_gap_closed",
+            higher_is_better=True,
+            ideal=1.0,
+            axis="downstream",
+            description="(dice(output) - dice(input)) / (dice(rescan) - dice(input)) per scan: 0 = identity, 1 = the "
+            f"target-site rescan; NaN without a rescan or a gap below {GAP_FLOOR}",
         ),
     )
 
@@ -215,7 +239,11 @@ class SegmentationEvaluator(PerScanEvaluator):
 
     def _new_network(self) -> UNet3d:
         return UNet3d(
-            in_channels=1, out_channels=N_TISSUES, base_channels=int(self.base_channels), levels=int(self.levels)
+            in_channels=1,
+            out_channels=N_TISSUES,
+            base_channels=int(self.base_channels),
+            levels=int(self.levels),
+            norm="none",
         )
 
     def cache_key(self, scans: Sequence[Scan], target_site: str) -> str:
@@ -253,25 +281,31 @@ class SegmentationEvaluator(PerScanEvaluator):
         path = None
         if cache_dir is not None:
             path = Path(cache_dir) / f"segmenter-{self.cache_key(scans, target_site)}.npz"
-            model = self._load(path)
-            if model is not None:
+            loaded = self._load(path)
+            if loaded is not None:
                 log.info("segmentation: loaded the target-site segmenter from %s", path)
+                model, self.scale_ = loaded
                 self.model_, self.loaded_from_cache_, self.target_site_ = model.to(self.device_), True, target_site
+                self._reference_dice: dict[str, float] = {}
                 return
         log.info("segmentation: training a 3-D U-Net on %d %s scan(s)", len(scans), target_site)
-        model = self.train_segmenter(scans)
+        self.scale_ = site_scale(scans)
+        model = self.train_segmenter(scans, self.scale_)
         if path is not None:
-            self._save(model, path)
+            self._save(model, self.scale_, path)
         self.model_, self.loaded_from_cache_, self.target_site_ = model, False, target_site
+        self._reference_dice = {}
 
-    def train_segmenter(self, scans: Sequence[Scan]) -> UNet3d:
-        """Train a fresh U-Net on ``scans`` (their data and labels) as the module docstring describes."""
+    def train_segmenter(self, scans: Sequence[Scan], scale: float | None = None) -> UNet3d:
+        """Train a fresh U-Net on ``scans`` (their data and labels) as the module docstring describes; every scan
+        is divided by ``scale`` (default: `site_scale` of ``scans``)."""
         self._validate()
+        scale = site_scale(scans) if scale is None else float(scale)
         device = resolve_device(self.device)
         examples = []
         for s in scans:
             box = brain_box(s.brain)
-            x = torch.from_numpy(normalise(s)[box].copy())[None, None]
+            x = torch.from_numpy(normalise(s, scale)[box].copy())[None, None]
             # Background voxels are given by the mask, not learned: they are ignored by the loss.
             y = torch.from_numpy(np.where(s.brain, s.labels.astype(np.int64) - 1, -100)[box].copy())[None]
             examples.append((x.to(device), y.to(device)))
@@ -302,23 +336,24 @@ class SegmentationEvaluator(PerScanEvaluator):
         model.eval()
         return model
 
-    def _save(self, model: UNet3d, path: Path) -> None:
+    def _save(self, model: UNet3d, scale: float, path: Path) -> None:
         # a unique temporary name, renamed into place: two runs sharing a cache never write one file
         with atomic_path(path) as tmp:
-            np.savez(tmp, **module_state(model, STATE_PREFIX))
+            np.savez(tmp, **module_state(model, STATE_PREFIX), scale=np.array(scale, dtype=np.float64))
 
-    def _load(self, path: Path) -> UNet3d | None:
+    def _load(self, path: Path) -> tuple[UNet3d, float] | None:
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as npz:
                 state = {k: npz[k] for k in npz.files}
+            scale = float(state.pop("scale"))
             model = load_module_state(self._new_network(), state, STATE_PREFIX)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             log.warning("segmentation: ignoring the unreadable cached segmenter %s (%s); retraining", path, exc)
             return None
         model.eval()
-        return model
+        return model, scale
 
     # -- evaluation ------------------------------------------------------------
     def predict(self, scan: Scan) -> np.ndarray:
@@ -331,11 +366,21 @@ class SegmentationEvaluator(PerScanEvaluator):
         if not brain.any():
             return labels
         box = brain_box(brain)
-        x = torch.from_numpy(normalise(scan)[box].copy())[None, None].to(self.device_)
+        x = torch.from_numpy(normalise(scan, self.scale_)[box].copy())[None, None].to(self.device_)
         with torch.no_grad(), autocast(self.device_):
             tissue = model(x)[0].float().argmax(dim=0).cpu().numpy().astype(np.uint8) + 1
         labels[box] = np.where(brain[box], tissue, 0)
         return labels
+
+    def _dice_of(self, scan: Scan, truth: np.ndarray) -> float:
+        """Mean Dice of an unharmonized scan (an input or a rescan), remembered: every harmonizer's cell of a
+        scenario shares its inputs and rescans, and the segmenter is fixed once prepared."""
+        digest = hashlib.sha256(np.ascontiguousarray(scan.data).tobytes())
+        digest.update(np.ascontiguousarray(truth).tobytes())
+        key = f"{scan.key}:{digest.hexdigest()[:16]}"
+        if key not in self._reference_dice:
+            self._reference_dice[key] = overlap_scores(self.predict(scan), truth)["dice_mean"]
+        return self._reference_dice[key]
 
     def evaluate_scan(self, case: EvalCase) -> dict[str, float]:
         truth = case.input.labels
@@ -349,7 +394,22 @@ class SegmentationEvaluator(PerScanEvaluator):
                 f"segmentation: output for {case.input.describe()} has shape {case.output.shape} but the ground-truth "
                 f"labels have {truth.shape}"
             )
-        return overlap_scores(self.predict(case.output), np.asarray(truth))
+        truth = np.asarray(truth)
+        values = overlap_scores(self.predict(case.output), truth)
+        values["dice_gap_closed"] = math.nan
+        rescan = case.rescan
+        if rescan is not None and rescan.labels is not None:
+            dice_input = self._dice_of(case.input, truth)
+            gap = self._dice_of(rescan, np.asarray(rescan.labels)) - dice_input
+            values["dice_gap_closed"] = gap_closed(values["dice_mean"], dice_input, gap)
+        return values
+
+
+def gap_closed(dice_output: float, dice_input: float, gap: float, floor: float = GAP_FLOOR) -> float:
+    """``(dice_output − dice_input) / gap``; NaN when ``gap`` (rescan − input) is below ``floor`` or not finite."""
+    if not (math.isfinite(gap) and math.isfinite(dice_output) and math.isfinite(dice_input)) or gap < floor:
+        return math.nan
+    return (dice_output - dice_input) / gap
 
 
 @hookimpl

@@ -1,40 +1,63 @@
 """Site removal: can a classifier still tell which site a harmonized scan came from?
 
 A cross-validated classifier predicts the *source* site (``case.input.site``) of each harmonized
-test scan (``case.output``) of one (scenario, harmonizer) cell; its balanced accuracy is
-``site_bacc`` (lower is better). Chance is ``1/k`` for ``k`` source sites, reported beside it as
-``site_chance`` (informational, never ranked). Site classifiers of this kind are a common check of
-harmonization (e.g. the ComBat and deep-harmonization literature reports site-prediction accuracy
-before and after).
+test scan (``case.output``) of one (scenario, harmonizer) cell. Site classifiers of this kind are a
+common check of harmonization (e.g. the ComBat and deep-harmonization literature reports
+site-prediction accuracy before and after).
+
+Metrics:
+
+- ``site_bacc`` — the headline, the leaderboard's *site* axis: balanced accuracy (mean per-site
+  recall) of the classifier, averaged over ``n_repeats`` repeats of grouped cross-validation. Lower is
+  better; chance is ``1/k`` for ``k`` source sites, which is what a perfect harmonization reaches (every
+  site's scan of a subject becomes the same image, so exactly one in ``k`` is guessed right). Values
+  below chance are noise of a small cross-validation, not a better removal: read them as "at chance",
+  together with ``site_perm_p``.
+- ``site_perm_p`` (informational, one record per cell): the permutation-test p-value of ``site_bacc``
+  against chance. The null hypothesis is that the images carry no site information beyond the
+  subject: the site labels are shuffled *within each subject* (so every subject keeps one scan per
+  site it has), the same cross-validation is rerun ``n_permutations`` times, and
+  ``p = (1 + #{permuted ≥ observed}) / (1 + n_permutations)``. Small p: the site is still detectable.
+- ``site_chance`` (informational): ``1/k``.
+
+Records, so that the board can bootstrap over subjects: ``site_bacc`` has one record per scan, and
+their mean is the headline. With ``N`` scans, ``k`` sites and ``n_c`` scans of site ``c``, scan ``i`` of
+site ``c`` gets ``1{prediction correct} · N / (k · n_c)`` averaged over the repeats; the mean over scans
+is ``(1/k) Σ_c (correct_c / n_c)`` averaged over the repeats, the balanced accuracy (when the sites are
+balanced a scan's value is just its share of correct predictions across the repeats). A subject's
+records therefore carry its share of correctly predicted scans, and resampling subjects resamples them
+together. ``site_chance`` is ``1/k`` on every scan; ``site_perm_p`` is one cell-level record
+(``subject = site = "*"``).
 
 Known weakness — read ``site_bacc`` beside the anatomy metrics (``volume``, ``segmentation``,
 ``paired``): destroying the image also removes the site. A method that outputs the same blank volume
 for every scan, or noise, scores chance here. A low ``site_bacc`` means "the site is hidden", not
 "the scan is good".
 
-Features: the brain-voxel intensity quantiles of each scan at ``n_quantiles`` evenly spaced levels
-from 1 % to 99 % (default 21 levels), in the scan's own intensity units. No per-image normalisation:
-a global gain (vendor gain, receive chain) is itself a site effect that harmonization has to remove,
-so a method that leaves it in place must be caught. Quantiles describe the whole intensity
-distribution (contrast, offsets, spread), which is where a site's sequence and field strength show
-in a skull-stripped T1w scan, and are robust to a few extreme voxels. Each feature is then
-standardised (zero mean, unit variance, fitted on the training fold only) so that no single bright
-quantile dominates the classifier; that rescales feature columns across scans, not images.
+Features (`site_features`), on the brain voxels of each output, in the scan's own intensity units — a
+global gain (vendor gain, receive chain) is itself a site effect that harmonization has to remove, so
+a method that leaves it in place must be caught — and also relative to the scan's brain median, so
+that a method that only removes the gain is still caught by what it leaves:
 
-Classifier: L2-regularised multinomial logistic regression (``C`` parameter, lbfgs, deterministic),
-cross-validated with leave-one-subject-out folds (``LeaveOneGroupOut`` grouped by
-``case.input.subject``): every scan of a test subject is predicted by a model that never saw that
-subject at any site, so the classifier cannot recognise anatomy (the traveling subject's
-brain) instead of the site. A training fold that holds a single site predicts that site.
+- intensity: quantiles at ``n_quantiles`` evenly spaced levels from 1 % to 99 %, absolute and divided
+  by the median (contrast, offsets, spread);
+- texture: gradient magnitude (central differences, per voxel) on the brain eroded by one voxel (so the
+  brain's edge does not count) at the 10/25/50/75/90 % quantiles, absolute and relative (blur and
+  sharpness); local noise, the robust spread (1.4826 × median absolute deviation) of the residual
+  from a 3×3×3 mean filter on the eroded brain, absolute and relative (noise level).
 
-Records, and why they are per scan: with ``N`` scans, ``k`` sites and ``n_c`` scans of site ``c``,
-the scan ``i`` of site ``c`` gets ``value = 1{prediction correct} · N / (k · n_c)``. Their mean is
-``(1/k) Σ_c (correct_c / n_c)``, exactly the balanced accuracy (the mean per-site recall); when the
-sites are balanced the value is just ``1{correct}``. Per-scan records let the leaderboard put a
-bootstrap interval on ``site_bacc``. ``site_chance`` is ``1/k`` on every scan.
+Each feature is standardised (zero mean, unit variance, fitted on the training fold only) so that no
+single feature dominates; that rescales feature columns across scans, not images.
 
-Needs at least two source sites and two subjects (cross-validation by subject); fewer is an error
-that says so.
+Classifier: L2-regularised multinomial logistic regression (``C``, lbfgs, deterministic). Folds are
+grouped by subject (``case.input.subject``): every scan of a test subject is predicted by a model that
+never saw that subject at any site, so the classifier cannot recognise anatomy (the traveling
+subject's brain) instead of the site. Repeated grouped K-fold: in each of ``n_repeats`` repeats the
+subjects are shuffled (seeded by ``seed``) and dealt into ``n_splits`` folds; with ``n_splits`` or fewer
+subjects the folds are leave-one-subject-out, identical in every repeat, and run once. A training fold
+that holds a single site predicts that site.
+
+Needs at least two source sites and two subjects; fewer is an error that says so.
 """
 
 from __future__ import annotations
@@ -43,8 +66,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -53,8 +76,12 @@ from harmbench.api import EvalCase, Evaluator, MetricSpec, check_number
 from harmbench.data.scan import Scan
 from harmbench.errors import DataError
 
-#: Lowest and highest quantile level of the features.
+#: Lowest and highest quantile level of the intensity features.
 QUANTILE_RANGE = (0.01, 0.99)
+#: Quantile levels of the gradient-magnitude features.
+GRADIENT_LEVELS = (0.10, 0.25, 0.50, 0.75, 0.90)
+#: Normal-consistency factor of the median absolute deviation.
+MAD_TO_SD = 1.4826
 
 
 def intensity_features(scan: Scan, n_quantiles: int = 21) -> np.ndarray:
@@ -66,14 +93,54 @@ def intensity_features(scan: Scan, n_quantiles: int = 21) -> np.ndarray:
     return np.quantile(values, levels)
 
 
-def cross_validated_predictions(
-    features: np.ndarray, sites: Sequence[str], subjects: Sequence[str], C: float = 1.0
-) -> np.ndarray:
-    """Out-of-fold site predictions with leave-one-subject-out folds (see the module docstring)."""
-    y = np.asarray(sites, dtype=object)
+def texture_features(scan: Scan) -> np.ndarray:
+    """Gradient-magnitude quantiles (``GRADIENT_LEVELS``) and the local-noise spread on the eroded brain."""
+    data = np.asarray(scan.data, dtype=np.float64)
+    brain = scan.brain
+    inner = ndimage.binary_erosion(brain)
+    if not inner.any():
+        inner = brain
+    gradient = np.sqrt(sum(g * g for g in np.gradient(data)))
+    residual = data - ndimage.uniform_filter(data, size=3, mode="nearest")
+    r = residual[inner]
+    noise = MAD_TO_SD * float(np.median(np.abs(r - np.median(r))))
+    return np.concatenate([np.quantile(gradient[inner], GRADIENT_LEVELS), [noise]])
+
+
+def site_features(scan: Scan, n_quantiles: int = 21) -> np.ndarray:
+    """Intensity and texture features, absolute and divided by the brain median (see the module docstring)."""
+    absolute = np.concatenate([intensity_features(scan, n_quantiles), texture_features(scan)])
+    median = float(np.median(scan.brain_values()))
+    relative = absolute / median if median > 0 else np.zeros_like(absolute)
+    return np.concatenate([absolute, relative])
+
+
+def grouped_folds(subjects: Sequence[str], n_splits: int, n_repeats: int, seed: int) -> list[list[np.ndarray]]:
+    """Test-index folds per repeat: subjects shuffled and dealt into ``n_splits`` folds; leave-one-subject-out
+    (one repeat) when there are ``n_splits`` or fewer subjects."""
     groups = np.asarray(subjects, dtype=object)
+    unique = list(dict.fromkeys(subjects))
+    if len(unique) <= n_splits:
+        return [[np.flatnonzero(groups == s) for s in unique]]
+    rng = np.random.default_rng(seed)
+    repeats = []
+    for _ in range(n_repeats):
+        order = rng.permutation(len(unique))
+        fold_of = {unique[j]: i % n_splits for i, j in enumerate(order)}
+        fold = np.array([fold_of[s] for s in subjects])
+        repeats.append([np.flatnonzero(fold == f) for f in range(n_splits)])
+    return repeats
+
+
+def cross_validated_predictions(
+    features: np.ndarray, sites: Sequence[str], folds: Sequence[np.ndarray], C: float = 1.0
+) -> np.ndarray:
+    """Out-of-fold site predictions for one set of test folds (the rest of the scans train each fold)."""
+    y = np.asarray(sites, dtype=object)
     predicted = np.empty(len(y), dtype=object)
-    for train_idx, test_idx in LeaveOneGroupOut().split(features, y, groups):
+    everything = np.arange(len(y))
+    for test_idx in folds:
+        train_idx = np.setdiff1d(everything, test_idx)
         classes = np.unique(y[train_idx])
         if len(classes) == 1:
             predicted[test_idx] = classes[0]
@@ -94,21 +161,51 @@ def balanced_accuracy_shares(sites: Sequence[str], predicted: Sequence[str]) -> 
     return np.array([float(c) * n / (k * n_of[s]) for s, c in zip(y, correct, strict=True)])
 
 
-class SiteRemovalEvaluator(Evaluator):
-    """Balanced accuracy of a leave-one-subject-out site classifier on harmonized scans (lower is better).
+def repeated_shares(
+    features: np.ndarray, sites: Sequence[str], repeats: Sequence[Sequence[np.ndarray]], C: float
+) -> np.ndarray:
+    """Per-scan balanced-accuracy shares averaged over the repeats (their mean: the repeated-CV balanced accuracy)."""
+    return np.mean(
+        [balanced_accuracy_shares(sites, cross_validated_predictions(features, sites, folds, C)) for folds in repeats],
+        axis=0,
+    )
 
-    Parameters: ``n_quantiles`` (intensity-quantile features per scan, ≥ 2) and ``C`` (inverse L2
-    strength of the logistic regression). Read beside anatomy metrics: see the module docstring.
+
+def within_subject_permutation(sites: Sequence[str], subjects: Sequence[str], rng: np.random.Generator) -> list[str]:
+    """The site labels shuffled among each subject's own scans."""
+    permuted = np.asarray(sites, dtype=object).copy()
+    groups = np.asarray(subjects, dtype=object)
+    for subject in dict.fromkeys(subjects):
+        idx = np.flatnonzero(groups == subject)
+        permuted[idx] = permuted[rng.permutation(idx)]
+    return permuted.tolist()
+
+
+class SiteRemovalEvaluator(Evaluator):
+    """Balanced accuracy of a subject-grouped, repeated cross-validated site classifier on harmonized scans
+    (lower is better; chance = a perfect harmonization), with a permutation p-value.
+
+    Parameters: ``n_quantiles`` (intensity quantiles per scan, ≥ 2), ``C`` (inverse L2 strength of the
+    logistic regression), ``n_splits`` (folds, ≥ 2), ``n_repeats`` (≥ 1), ``n_permutations`` (≥ 1) and
+    ``seed`` (fold shuffles and permutations). Read beside anatomy metrics: see the module docstring.
     """
 
     name = "site_removal"
-    version = "1.0"
+    version = "2.0"
     metrics = (
         MetricSpec(
             "site_bacc",
             higher_is_better=False,
-            description="balanced accuracy of a leave-one-subject-out classifier predicting the source site "
-            "from brain intensity quantiles of the harmonized scan; chance = 1/k",
+            axis="site",
+            description="balanced accuracy of a subject-grouped, repeated cross-validated classifier predicting the "
+            "source site from intensity and texture features of the harmonized scan; chance = 1/k = perfect",
+        ),
+        MetricSpec(
+            "site_perm_p",
+            higher_is_better=None,
+            ideal=None,
+            main=False,
+            description="permutation p-value of site_bacc against chance (site labels shuffled within subject)",
         ),
         MetricSpec(
             "site_chance",
@@ -118,13 +215,29 @@ class SiteRemovalEvaluator(Evaluator):
         ),
     )
 
-    def __init__(self, n_quantiles: int = 21, C: float = 1.0) -> None:
+    def __init__(
+        self,
+        n_quantiles: int = 21,
+        C: float = 1.0,
+        n_splits: int = 5,
+        n_repeats: int = 5,
+        n_permutations: int = 100,
+        seed: int = 0,
+    ) -> None:
         self.n_quantiles = n_quantiles
         self.C = C
+        self.n_splits = n_splits
+        self.n_repeats = n_repeats
+        self.n_permutations = n_permutations
+        self.seed = seed
 
     def _validate(self) -> None:
         check_number(self.name, "n_quantiles", self.n_quantiles, integer=True, minimum=2)
         check_number(self.name, "C", self.C, strict=True)
+        check_number(self.name, "n_splits", self.n_splits, integer=True, minimum=2)
+        check_number(self.name, "n_repeats", self.n_repeats, integer=True, minimum=1)
+        check_number(self.name, "n_permutations", self.n_permutations, integer=True, minimum=1)
+        check_number(self.name, "seed", self.seed, integer=True, minimum=0)
 
     def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
         self._validate()
@@ -141,15 +254,25 @@ class SiteRemovalEvaluator(Evaluator):
                 f"site_removal: the cell's scans come from {len(set(subjects))} subject(s); cross-validation "
                 "grouped by subject needs at least 2"
             )
-        features = np.stack([intensity_features(case.output, int(self.n_quantiles)) for case in cases])
-        predicted = cross_validated_predictions(features, sites, subjects, float(self.C))
-        shares = balanced_accuracy_shares(sites, predicted)
+        C = float(self.C)
+        features = np.stack([site_features(case.output, int(self.n_quantiles)) for case in cases])
+        repeats = grouped_folds(subjects, int(self.n_splits), int(self.n_repeats), int(self.seed))
+        shares = repeated_shares(features, sites, repeats, C)
+        observed = float(shares.mean())
+        rng = np.random.default_rng([int(self.seed), 1])
+        exceed = 0
+        for _ in range(int(self.n_permutations)):
+            permuted = within_subject_permutation(sites, subjects, rng)
+            # a tolerance so that a permutation equal to the observed labelling counts as reaching it
+            exceed += float(repeated_shares(features, permuted, repeats, C).mean()) >= observed - 1e-12
+        p_value = (1.0 + exceed) / (1.0 + int(self.n_permutations))
         chance = 1.0 / len(distinct_sites)
-        records = []
+        records: list[dict[str, Any]] = []
         for case, share in zip(cases, shares, strict=True):
             key = {"subject": case.input.subject, "site": case.input.site}
             records.append({**key, "metric": "site_bacc", "value": float(share)})
             records.append({**key, "metric": "site_chance", "value": float(chance)})
+        records.append({"subject": "*", "site": "*", "metric": "site_perm_p", "value": float(p_value)})
         return records
 
 

@@ -1,19 +1,28 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 import torch
 from harmbench_plugins.evaluators import segmentation
-from harmbench_plugins.evaluators.segmentation import SegmentationEvaluator, normalise, overlap_scores
+from harmbench_plugins.evaluators.segmentation import (
+    GAP_FLOOR,
+    SegmentationEvaluator,
+    gap_closed,
+    normalise,
+    overlap_scores,
+    site_scale,
+)
+from rescan_helpers import perturbed_rescan
 
 from harmbench.api import EvalCase
 from harmbench.data.scan import Cohort
 from harmbench.errors import ConfigError, DataError, PluginError
 from harmbench.testing import check_evaluator
 
-METRICS = ("iou_csf", "iou_gm", "iou_wm", "dice_mean")
+METRICS = ("iou_csf", "iou_gm", "iou_wm", "dice_mean", "dice_gap_closed")
 #: Enough for the 8 mm tiny cohort (a brain of ~20×25×21 voxels); the default is sized for 4 mm.
 STEPS = 120
 
@@ -29,13 +38,22 @@ class Setup:
         self.evaluator = SegmentationEvaluator(seed=0, steps=STEPS)
         self.evaluator.prepare(self.train, self.target, cache)
 
-    def cases(self, site: str, output: str = "identity") -> list[EvalCase]:
+    def cases(self, site: str, output: str = "identity", rescan: bool = True) -> list[EvalCase]:
+        """One case per test subject; ``output``: identity, target (perfect), gain (the input scaled to the target's
+        p99), blank (a constant image at the target's median)."""
         cases = []
-        for subject in self.test_subjects:
+        for i, subject in enumerate(self.test_subjects):
             scan = self.cohort.find(subject, site)
             target = self.cohort.find(subject, self.target)
-            out = target if output == "target" else scan
-            cases.append(EvalCase(input=scan, output=out, target=target))
+            t99 = float(np.percentile(target.brain_values(), 99))
+            outputs = {
+                "identity": scan,
+                "target": target,
+                "gain": scan.with_data(scan.data * (t99 / float(np.percentile(scan.brain_values(), 99)))),
+                "blank": scan.with_data(np.where(scan.brain, np.median(target.brain_values()), 0.0)),
+            }
+            repeat = perturbed_rescan(target, seed=i) if rescan else None
+            cases.append(EvalCase(input=scan, output=outputs[output], target=target, rescan=repeat))
         return cases
 
 
@@ -55,31 +73,60 @@ def setup(tiny_cohort, tmp_path_factory, _one_thread) -> Setup:
 
 
 def _means(records) -> dict[str, float]:
-    return {m: float(np.mean([r["value"] for r in records if r["metric"] == m])) for m in METRICS}
+    return {m: float(np.nanmean([r["value"] for r in records if r["metric"] == m])) for m in METRICS}
 
 
 def test_trains_on_target_site_scans_only(setup, monkeypatch):
     seen = []
-    monkeypatch.setattr(SegmentationEvaluator, "train_segmenter", lambda self, scans: seen.extend(scans))
-    SegmentationEvaluator(steps=STEPS).prepare(setup.train, setup.target, None)
+    monkeypatch.setattr(SegmentationEvaluator, "train_segmenter", lambda self, scans, scale=None: seen.extend(scans))
+    ev = SegmentationEvaluator(steps=STEPS)
+    ev.prepare(setup.train, setup.target, None)
     assert {s.site for s in seen} == {setup.target}
     assert {s.subject for s in seen} == set(setup.train_subjects)
+    assert ev.scale_ == pytest.approx(site_scale(setup.train.by_site(setup.target)))
 
 
-def test_perfect_harmonizer_reaches_the_ceiling_and_identity_stays_below(setup):
+def test_identity_on_source_sites_is_clearly_below_the_rescan_ceiling(setup):
+    # The segmenter knows the target site's intensities only (fixed scale, no instance normalisation), so an
+    # unharmonized scan from another site loses Dice, as a model trained at one site does in practice.
     ev = setup.evaluator
-    ceiling = _means(ev.evaluate(setup.cases(setup.target)))  # the segmenter on target-site test scans
-    assert ceiling["dice_mean"] > 0.6, ceiling
+    rescans = [c.rescan for c in setup.cases(setup.target)]
+    ceiling = float(np.mean([overlap_scores(ev.predict(r), r.labels)["dice_mean"] for r in rescans]))
+    assert ceiling > 0.55, ceiling
+    identity = {site: _means(ev.evaluate(setup.cases(site)))["dice_mean"] for site in setup.cohort.sites[1:]}
+    assert np.mean(list(identity.values())) < ceiling - 0.08, (identity, ceiling)
+    assert max(identity.values()) < ceiling - 0.01, (identity, ceiling)
+
+
+def test_known_answers_perfect_identity_gain_blank(setup):
+    ev = setup.evaluator
+    source = next(site for site in setup.cohort.sites if "spgr" in site)
+    names = ("target", "identity", "gain", "blank")
+    by = {name: _means(ev.evaluate(setup.cases(source, output=name))) for name in names}
+    dice = {name: v["dice_mean"] for name, v in by.items()}
+    closed = {name: v["dice_gap_closed"] for name, v in by.items()}
+    # perfect > gain (the target's scale, not its contrast) > identity
+    assert dice["target"] > dice["gain"] > dice["identity"], dice
+    assert closed["identity"] == 0.0
+    assert closed["target"] == pytest.approx(1.0, abs=0.15), closed
+    assert 0.0 < closed["gain"] < closed["target"], closed
+    # A blank image (the target's median inside the brain mask) stays below the perfect output, but the segmenter
+    # leans on the mask's shape (the simulated brains share one template), so at 8 mm it scores above an
+    # unharmonized scan whose intensities it misreads (docs/metrics.md, "downstream"): read this axis beside
+    # fidelity (ssim), where a blank image scores far below identity.
+    assert dice["blank"] < dice["target"] - 0.01 and closed["blank"] < closed["target"], (dice, closed)
+
+
+def test_gap_closed_definition_and_nan_cases(setup):
+    assert gap_closed(0.7, 0.5, 0.4) == pytest.approx(0.5)
+    assert gap_closed(0.4, 0.5, 0.4) == pytest.approx(-0.25)
+    assert math.isnan(gap_closed(0.7, 0.5, GAP_FLOOR / 2)) and math.isnan(gap_closed(math.nan, 0.5, 0.4))
     source = setup.cohort.sites[1]
-    perfect = _means(ev.evaluate(setup.cases(source, output="target")))
-    assert perfect == ceiling
-    identity = {site: _means(ev.evaluate(setup.cases(site))) for site in setup.cohort.sites[1:]}
-    # The spoiled-gradient-echo sites have a T1w contrast unlike the target's MPRAGE: the target-only segmenter
-    # does worse on them unharmonized (the 1.5 T MPRAGE sites are close to the target at 8 mm).
-    spgr = [v["dice_mean"] for site, v in identity.items() if "spgr" in site]
-    assert len(spgr) == 3
-    assert np.mean(spgr) < ceiling["dice_mean"] - 0.02, (identity, ceiling)
-    assert min(spgr) < ceiling["dice_mean"] - 0.03, (identity, ceiling)
+    without = _means(setup.evaluator.evaluate(setup.cases(source, rescan=False)))
+    assert math.isnan(without["dice_gap_closed"]) and without["dice_mean"] > 0
+    # on the target site itself there is no gap to close
+    at_target = setup.evaluator.evaluate(setup.cases(setup.target))
+    assert all(math.isnan(r["value"]) for r in at_target if r["metric"] == "dice_gap_closed")
 
 
 def test_records_per_scan(setup):
@@ -88,6 +135,7 @@ def test_records_per_scan(setup):
     assert len(records) == len(cases) * len(METRICS)
     for case in cases:
         mine = {r["metric"]: r["value"] for r in records if r["subject"] == case.input.subject}
+        assert mine.pop("dice_gap_closed") == 0.0  # identity: the output is the input
         assert mine == overlap_scores(setup.evaluator.predict(case.output), case.input.labels)
         assert all(0.0 <= v <= 1.0 for v in mine.values())
 
@@ -98,13 +146,13 @@ def test_cache_reload_gives_identical_numbers_without_training(setup, monkeypatc
     with np.load(files[0], allow_pickle=False) as npz:
         assert all(npz[k].dtype.kind == "f" for k in npz.files)
 
-    def refuse(self, scans):
+    def refuse(self, scans, scale=None):
         raise AssertionError("retrained although the cache holds the weights")
 
     monkeypatch.setattr(SegmentationEvaluator, "train_segmenter", refuse)
     again = SegmentationEvaluator(seed=0, steps=STEPS)
     again.prepare(setup.train, setup.target, setup.cache)
-    assert again.loaded_from_cache_
+    assert again.loaded_from_cache_ and again.scale_ == setup.evaluator.scale_
     cases = setup.cases(setup.cohort.sites[2])
     assert again.evaluate(cases) == setup.evaluator.evaluate(cases)
     # other parameters or other training data are other keys: they would retrain
@@ -127,12 +175,17 @@ def test_training_is_deterministic_and_ignores_global_state(setup):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
-def test_normalisation_divides_by_the_brain_p99(setup):
+def test_normalisation_is_the_target_sites_fixed_scale(setup):
+    scans = setup.train.by_site(setup.target)
+    scale = site_scale(scans)
+    assert scale == pytest.approx(float(np.median([np.percentile(s.brain_values(), 99) for s in scans])))
     scan = setup.cohort.scans[0]
-    x = normalise(scan)
+    x = normalise(scan, scale)
     assert not x[~scan.brain].any()
-    assert np.percentile(x[scan.brain], 99) == pytest.approx(1.0, rel=1e-5)
-    assert np.allclose(normalise(scan.with_data(scan.data * 7.0)), x, rtol=1e-5)
+    # one scale for every scan: a gain on the scan stays in the segmenter's input
+    assert np.allclose(normalise(scan.with_data(scan.data * 7.0), scale), 7.0 * x, rtol=1e-5)
+    with pytest.raises(DataError, match="intensity scale"):
+        site_scale([scan.with_data(np.zeros(scan.shape))])
 
 
 def test_overlap_scores_definition():
@@ -170,7 +223,9 @@ def test_clear_errors(setup):
 def test_declared_and_registered():
     ev = SegmentationEvaluator()
     assert [m.name for m in ev.metrics] == list(METRICS)
-    assert all(m.higher_is_better is True and m.ideal == 1.0 and m.main for m in ev.metrics)
+    assert all(m.higher_is_better is True and m.ideal == 1.0 for m in ev.metrics)
+    assert [m.name for m in ev.metrics if m.main] == ["dice_mean", "dice_gap_closed"]
+    assert [(m.name, m.axis) for m in ev.metrics if m.axis] == [("dice_gap_closed", "downstream")]
     assert segmentation.harmbench_register_evaluators() == [SegmentationEvaluator]
 
 

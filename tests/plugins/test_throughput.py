@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from harmbench_plugins.evaluators import throughput
 from harmbench_plugins.evaluators.throughput import ThroughputEvaluator, transform_rate
@@ -10,11 +11,18 @@ from harmbench.api import EvalCase
 from harmbench.errors import ConfigError
 from harmbench.testing import check_evaluator
 
+NAMES = ["fit_s", "adapt_s", "transform_s", "transform_s_iqr", "volumes_per_s", "n_timed", "peak_mem_mb", "threads"]
 
-def _cases(scans, transform_s, fit_s=12.5, peaks=None):
+
+def _cases(scans, transform_s, fit_s=12.5, peaks=None, **summary):
     peaks = peaks or [100.0] * len(transform_s)
     return [
-        EvalCase(input=s, output=s, target=None, timing={"fit_s": fit_s, "transform_s": t, "peak_mem_mb": m})
+        EvalCase(
+            input=s,
+            output=s,
+            target=None,
+            timing={"fit_s": fit_s, "transform_s": t, "peak_mem_mb": m, **summary},
+        )
         for s, t, m in zip(scans, transform_s, peaks, strict=True)
     ]
 
@@ -24,18 +32,39 @@ def _values(records):
     return {r["metric"]: r["value"] for r in records}
 
 
-def test_known_timings_give_known_numbers(tiny_cohort):
-    scans = tiny_cohort.scans[:5]
-    # the cold first scan (3 s) is dropped; median of [0.5, 0.2, 0.25, 0.4] is 0.325 s
-    cases = _cases(scans, [3.0, 0.5, 0.2, 0.25, 0.4], peaks=[120.0, 300.5, 90.0, 100.0, 110.0])
+def test_the_runners_summary_is_reported(tiny_cohort):
+    summary = {"transform_s_median": 0.25, "transform_s_iqr": 0.05, "n_timed": 7.0, "threads": 2.0, "adapt_s": 3.5}
+    cases = _cases(tiny_cohort.scans[:3], [0.3, 0.2, 0.25], peaks=[120.0, 300.5, 90.0], **summary)
     values = _values(ThroughputEvaluator().evaluate(cases))
-    assert values == pytest.approx({"fit_s": 12.5, "volumes_per_s": 1 / 0.325, "peak_mem_mb": 300.5})
+    assert values == pytest.approx(
+        {
+            "fit_s": 12.5,
+            "adapt_s": 3.5,
+            "transform_s": 0.25,
+            "transform_s_iqr": 0.05,
+            "volumes_per_s": 4.0,
+            "n_timed": 7.0,
+            "peak_mem_mb": 300.5,
+            "threads": 2.0,
+        }
+    )
 
 
-def test_warmup_parameter(tiny_cohort):
-    cases = _cases(tiny_cohort.scans[:4], [3.0, 2.0, 0.5, 0.25])
-    assert _values(ThroughputEvaluator(warmup=0).evaluate(cases))["volumes_per_s"] == pytest.approx(1 / 1.25)
-    assert _values(ThroughputEvaluator(warmup=2).evaluate(cases))["volumes_per_s"] == pytest.approx(1 / 0.375)
+def test_inductive_methods_have_a_nan_adapt_record(tiny_cohort):
+    cases = _cases(tiny_cohort.scans[:3], [0.3, 0.2, 0.25], transform_s_median=0.25, adapt_s=math.nan)
+    assert math.isnan(_values(ThroughputEvaluator().evaluate(cases))["adapt_s"])
+
+
+def test_without_the_summary_the_cases_own_times_are_used(tiny_cohort):
+    scans = tiny_cohort.scans[:5]
+    times = [3.0, 0.5, 0.2, 0.25, 0.4]
+    values = _values(ThroughputEvaluator().evaluate(_cases(scans, times)))
+    assert values["transform_s"] == pytest.approx(0.4) and values["n_timed"] == 5
+    assert values["transform_s_iqr"] == pytest.approx(np.subtract(*np.percentile(times, [75, 25])))
+    assert values["volumes_per_s"] == pytest.approx(2.5)
+    # warmup=1 drops the cold first scan: median of [0.5, 0.2, 0.25, 0.4] is 0.325 s
+    warm = _values(ThroughputEvaluator(warmup=1).evaluate(_cases(scans, times)))
+    assert warm["volumes_per_s"] == pytest.approx(1 / 0.325) and warm["n_timed"] == 4
 
 
 def test_too_few_cases_use_what_there_is(tiny_cohort):
@@ -49,8 +78,6 @@ def test_missing_timing_gives_no_records(tiny_cohort):
     scans = tiny_cohort.scans[:3]
     oracle = [EvalCase(input=s, output=s, target=s) for s in scans]
     assert ThroughputEvaluator().evaluate(oracle) == []
-    no_memory = [EvalCase(input=s, output=s, target=None, timing={"fit_s": 1.0, "transform_s": 0.5}) for s in scans]
-    assert set(_values(ThroughputEvaluator().evaluate(no_memory))) == {"fit_s", "volumes_per_s"}
     nan_memory = [
         EvalCase(input=s, output=s, target=None, timing={"fit_s": 1.0, "transform_s": 0.5, "peak_mem_mb": math.nan})
         for s in scans
@@ -63,15 +90,15 @@ def test_bad_warmup_is_named(tiny_cohort):
         ThroughputEvaluator(warmup=-1).evaluate(_cases(tiny_cohort.scans[:2], [1.0, 1.0]))
 
 
-def test_declared_device_dependent():
+def test_declared_informational_and_device_dependent():
     ev = ThroughputEvaluator()
-    assert all(m.device_dependent for m in ev.metrics)
-    assert [m.name for m in ev.metrics] == ["fit_s", "volumes_per_s", "peak_mem_mb"]
-    assert ev.metric("fit_s").higher_is_better is False and ev.metric("fit_s").unit == "s"
-    assert ev.metric("volumes_per_s").higher_is_better is True
-    assert ev.metric("peak_mem_mb").higher_is_better is False
+    assert [m.name for m in ev.metrics] == NAMES
+    assert all(m.device_dependent and not m.ranked and m.axis is None for m in ev.metrics)
+    assert ev.metric("fit_s").unit == "s" and ev.metric("peak_mem_mb").unit == "MiB"
     assert throughput.harmbench_register_evaluators() == [ThroughputEvaluator]
 
 
 def test_conformance(tiny_cohort):
-    check_evaluator(ThroughputEvaluator(), _cases(tiny_cohort.scans[:3], [1.0, 0.5, 0.6]))
+    # what the runner passes (harmbench.runner._transform_all)
+    summary = {"transform_s_median": 0.6, "transform_s_iqr": 0.2, "n_timed": 5.0, "threads": 2.0, "adapt_s": math.nan}
+    check_evaluator(ThroughputEvaluator(), _cases(tiny_cohort.scans[:3], [1.0, 0.5, 0.6], **summary))
