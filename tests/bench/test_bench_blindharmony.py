@@ -9,6 +9,8 @@ brain slice) recorded as volumes per second.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from harmbench_plugins.harmonizers.blindharmony import BlindHarmonyHarmonizer
@@ -19,8 +21,8 @@ from harmbench.protocol import SplitData, make_split
 pytestmark = pytest.mark.benchmark
 
 TARGET_FIT_S = 300.0
-#: Transform of one quick-profile volume; the default configuration aims at about half a second.
-TARGET_TRANSFORM_S = 2.0
+#: Transform of one quick-profile volume: the budget is half a second per 3 mm volume, with a margin.
+TARGET_TRANSFORM_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +41,16 @@ def fitted(quick) -> list[BlindHarmonyHarmonizer]:
 def test_bench_blindharmony_fit_quick(benchmark, quick, fitted):
     train = quick.target_only_train()
 
+    cpu: list[float] = []
+
     def fit() -> None:
+        start = time.process_time()
         fitted.append(BlindHarmonyHarmonizer().fit(train, quick.target_site, rng=np.random.default_rng(0)))
+        cpu.append(time.process_time() - start)
 
     benchmark.pedantic(fit, rounds=1, iterations=1, warmup_rounds=0)
-    benchmark.extra_info.update({"n_train": len(train), **fitted[0].fit_info()})
+    # CPU seconds beside the wall time: on a shared machine the wall time also counts other processes' load
+    benchmark.extra_info.update({"n_train": len(train), "fit_cpu_s": cpu[0], **fitted[0].fit_info()})
     assert benchmark.stats.stats.median < TARGET_FIT_S
 
 
@@ -52,11 +59,16 @@ def test_bench_blindharmony_transform_quick(benchmark, quick, fitted):
         fitted.append(BlindHarmonyHarmonizer().fit(quick.target_only_train(), quick.target_site))
     scans = quick.scenario_scans("unseen")
     index = iter(range(10**6))
+    cpu: list[float] = []
 
     def transform() -> None:
+        start = time.process_time()
         fitted[0].transform(scans[next(index) % len(scans)])
+        cpu.append(time.process_time() - start)
 
     benchmark.pedantic(transform, rounds=5, iterations=1, warmup_rounds=1)
     median = benchmark.stats.stats.median
-    benchmark.extra_info.update({"volumes_per_s": 1.0 / median, "shape": list(scans[0].shape)})
+    benchmark.extra_info.update(
+        {"volumes_per_s": 1.0 / median, "transform_cpu_s": float(np.median(cpu)), "shape": list(scans[0].shape)}
+    )
     assert median < TARGET_TRANSFORM_S
