@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harmbench.errors import ConfigError
+from harmbench.errors import ConfigError, HarmbenchError
 from harmbench.plugins import Registry
 from harmbench.testing import CheckData, CheckResult, run_checks, simulated_cohort, simulated_split
 
@@ -75,9 +75,18 @@ def check_plugin(
     # Whatever else a third-party constructor raises is reported as this plugin's failure.
     except Exception as exc:
         return kind, [CheckResult("construct", "fail", f"{cls.__name__}() raised {type(exc).__name__}: {exc}")]
+    built = CheckResult("construct", "pass", f"{cls.__name__}(**params) built")
+    try:
+        instance.validate_params()
+    except HarmbenchError as exc:  # the runner would refuse these parameters before computing anything
+        return kind, [built, CheckResult("validate_params", "fail", f"{type(exc).__name__}: {exc}")]
+    # A validate_params that raises something else is itself broken: reported, not propagated.
+    except Exception as exc:
+        return kind, [built, CheckResult("validate_params", "fail", f"raised {type(exc).__name__}: {exc}")]
+    validated = CheckResult("validate_params", "pass", "the parameters are accepted before any compute")
     if data is None:
         data = simulated_split(simulated_cohort(n_subjects=n_subjects, voxel_mm=voxel_mm, seed=seed), seed=seed)
-    return kind, [CheckResult("construct", "pass", f"{cls.__name__}(**params) built"), *run_checks(instance, data)]
+    return kind, [built, validated, *run_checks(instance, data)]
 
 
 def format_table(name: str, kind: str, results: Sequence[CheckResult]) -> str:

@@ -278,8 +278,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     sites = load_sites(args.sites_file)[0] if args.sites_file else None
     cohort = simulate_cohort(args.profile, args.seed, n_subjects=args.subjects, sites=sites, progress=True)
     out = write_bids(cohort, args.out)
+    rescans = len(cohort) - len(cohort.without_rescans())
     sys.stdout.write(
-        f"wrote {len(cohort)} scans ({len(cohort.subjects)} subjects × {len(cohort.sites)} sites) to {out}\n"
+        f"wrote {len(cohort)} scans ({len(cohort.subjects)} subjects × {len(cohort.sites)} sites"
+        f" + {rescans} rescans) to {out}\n"
     )
     return 0
 

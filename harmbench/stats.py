@@ -6,7 +6,9 @@ together in every resample and a subject scanned at three sites does not count a
 observations. Everything here is a pure function of those per-subject values and an integer seed:
 
 - every generator is seeded by :func:`seed_for` — the first 8 bytes (big-endian) of the SHA-256 of
-  the JSON list ``[seed, scenario, metric, <what is compared>, subject_1, …, subject_n]`` — so an
+  the JSON list ``[seed, scenario, metric, kind, subject_1, …, subject_n]`` (``kind`` is ``"mean"`` for
+  intervals, differences and ranks, ``"sign-flip"`` for the permutation test's random patterns; the
+  subjects are the sorted subjects resampled; an axis uses ``"axis:<name>"`` as its metric) — so an
   interval depends only on the values it summarises, never on other cells, on row order, or on
   Python's salted ``hash``;
 - a method's interval and its differences against other methods over the same subjects draw the same

@@ -43,7 +43,7 @@ import tomli_w
 
 from harmbench.errors import ConfigError, HarmbenchError
 from harmbench.leaderboard import write_leaderboards
-from harmbench.results import atomic_write_text, read_results
+from harmbench.results import SCORES_FILE, atomic_write_text, read_results, read_scores, scores_csv
 from harmbench.runner import Runner
 from harmbench.suite import Component, Suite, load_suite
 
@@ -342,7 +342,8 @@ def process_submissions(
     work.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []
     extra: list[pd.DataFrame] = []
-    taken = {c.label: f"the {suite.name} suite" for c in suite.harmonizers} | {"oracle": "the oracle row"}
+    reference = {label: "the reference row" for label in ("oracle", "rescan-ceiling", "reference")}
+    taken = {c.label: f"the {suite.name} suite" for c in suite.harmonizers} | reference
     accepted_rows: list[Component] = []
     for path in sorted(Path(submissions_dir).glob("*.toml")):
         outcome = Outcome(path.stem, path)
@@ -372,7 +373,15 @@ def process_submissions(
     base = Runner(suite, work / "run", progress=False).run()
     results = pd.concat([read_results(work / "run"), *extra], ignore_index=True)
     leaderboard_dir.mkdir(parents=True, exist_ok=True)
-    boards = write_leaderboards(results, leaderboard_dir, seed=suite.seed, title=f"harmbench leaderboard: {suite.name}")
+    # rendered from the scores file as written, like a run's (docs/reproducibility.md)
+    atomic_write_text(leaderboard_dir / SCORES_FILE, scores_csv(results))
+    boards = write_leaderboards(
+        read_scores(leaderboard_dir / SCORES_FILE),
+        leaderboard_dir,
+        seed=suite.seed,
+        title=f"harmbench leaderboard: {suite.name}",
+        baselines=suite.baselines,
+    )
     combined = suite.replace(harmonizers=suite.harmonizers + tuple(accepted_rows))
     atomic_write_text(leaderboard_dir / "suite.toml", combined.to_toml())
     if base.split is not None:

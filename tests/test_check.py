@@ -138,8 +138,10 @@ def test_a_conforming_builtin_passes_every_check(data):
 
 def test_parameters_reach_the_constructor_and_a_bad_one_fails_the_checks(data):
     _, results = check_plugin("scale", {"percentile": 200}, data=data)
-    failed = {r.check: r.reason for r in results if not r.passed}
-    assert "check_fit_returns_self" in failed and "must be at most 100" in failed["check_fit_returns_self"]
+    assert [(r.check, r.status) for r in results] == [("construct", "pass"), ("validate_params", "fail")]
+    assert "must be at most 100" in results[1].reason
+    _, results = check_plugin("scale", {"percentile": 90}, data=data)
+    assert all(r.passed for r in results), results
     _, results = check_plugin("scale", {"no_such_param": 1}, data=data)
     assert [(r.check, r.status) for r in results] == [("construct", "fail")]
     assert "no_such_param" in results[0].reason

@@ -203,12 +203,14 @@ def test_synth_writes_a_bids_folder_that_runs_as_a_users_dataset(tmp_path, capsy
 
     bids = tmp_path / "bids"
     assert main(["data", "synth", str(bids), "--subjects", "8", "--seed", "3"]) == 0
-    assert "48 scans" in capsys.readouterr().out
+    assert "56 scans (8 subjects × 6 sites + 8 rescans)" in capsys.readouterr().out  # a rescan at the target site
     loaded = load_bids(bids, progress=False)
     simulated = simulate_cohort("quick", 3, n_subjects=8)
     assert [s.key for s in sorted(loaded, key=lambda s: s.key)] == sorted(s.key for s in simulated)
     first = simulated.scans[0]
     np.testing.assert_array_equal(loaded.find(first.subject, first.site).data, first.data)
+    rescan = simulated.find_rescan(first.subject, first.site)
+    np.testing.assert_array_equal(loaded.find_rescan(first.subject, first.site).data, rescan.data)
     out = tmp_path / "out"
     args = ["--quiet", "run", "--dataset", str(bids), "--target-site", first.site, "--out", str(out)]
     extra = ["--harmonizers", "identity,histogram", "--evaluators", "wasserstein,paired"]
@@ -231,3 +233,13 @@ def test_harmonizers_option_keeps_a_suite_variants_parameters_and_no_oracle(tmp_
     assert 'standard = "site"' in written and "oracle = false" in written
     results = pd.read_parquet(out / "results.parquet")
     assert set(results["harmonizer"]) == {"histogram-site"}
+
+
+def test_repeats_fits_stochastic_methods_once_per_seed_from_the_suite_seed(tmp_path, capsys):
+    suite = tiny_suite_file(tmp_path, harmonizers=("identity", "hail"))
+    args = [*TINY_ARGS, "run", str(suite), "--out", str(tmp_path / "out"), "--seed", "4", "--repeats", "3"]
+    assert main([*args, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert all(f"hail (seed {s})" in plan for s in (4, 5, 6)) and "hail (seed 7)" not in plan
+    assert "identity (seed" not in plan  # deterministic: fitted once
+    assert main([*TINY_ARGS, "run", str(suite), "--repeats", "0"]) == 2

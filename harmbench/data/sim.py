@@ -702,9 +702,16 @@ def _monomials(u: np.ndarray, max_order: int) -> tuple[np.ndarray, np.ndarray]:
     return terms, np.array([a + b + c for a, b, c in powers], dtype=float)
 
 
+@functools.lru_cache(maxsize=4)
+def _probe_monomials(max_order: int) -> np.ndarray:
+    terms = _monomials(_probe(), max_order)[0]
+    terms.setflags(write=False)
+    return terms
+
+
 def _unit_polynomial(coef: np.ndarray, max_order: int, u: np.ndarray) -> np.ndarray:
     """The polynomial with ``coef`` at ``u``, shifted and scaled so it spans [−1, 1] over the unit ball."""
-    ref = coef @ _monomials(_probe(), max_order)[0]
+    ref = coef @ _probe_monomials(max_order)
     lo, hi = float(ref.min()), float(ref.max())
     value = coef @ _monomials(u, max_order)[0]
     return np.clip((value - (lo + hi) / 2) / max((hi - lo) / 2, 1e-12), -1.5, 1.5)

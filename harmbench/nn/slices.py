@@ -49,7 +49,11 @@ def volume_slices(volume: np.ndarray | torch.Tensor, axis: int = 2, context: int
     _check_axis(axis)
     if context < 0:
         raise ValueError(f"context must be >= 0, got {context!r}")
-    t = torch.as_tensor(np.asarray(volume, dtype=np.float32) if isinstance(volume, np.ndarray) else volume)
+    if isinstance(volume, np.ndarray):
+        volume = np.asarray(volume, dtype=np.float32)
+        if not volume.flags.writeable:  # a runner-given scan is read-only; torch would warn about sharing it
+            volume = volume.copy()
+    t = torch.as_tensor(volume)
     if t.dim() != 3:
         raise ValueError(f"expected a 3-D volume, got shape {tuple(t.shape)}")
     t = t.float().movedim(axis, 0)  # (n, H, W)

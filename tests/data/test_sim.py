@@ -282,13 +282,26 @@ def test_dataset_plugin(tmp_path):
 
     assert harmbench_register_datasets() == [SimulatedDataset]
     ds = SimulatedDataset(n_subjects=2, voxel_mm=V)
-    assert ds.get_params() == {"profile": "quick", "seed": 0, "n_subjects": 2, "voxel_mm": V, "sites_file": None}
+    assert ds.get_params() == {
+        "profile": "quick",
+        "seed": 0,
+        "n_subjects": 2,
+        "voxel_mm": V,
+        "sites_file": None,
+        "rescans": "target",
+    }
     fp = ds.fingerprint()
     assert fp == SimulatedDataset(n_subjects=2, voxel_mm=V).fingerprint()
     assert fp != SimulatedDataset(n_subjects=2, voxel_mm=V, seed=1).fingerprint()
     assert fp != SimulatedDataset(n_subjects=3, voxel_mm=V).fingerprint()
+    assert fp != SimulatedDataset(n_subjects=2, voxel_mm=V, rescans="all").fingerprint()
     cohort = ds.load()
     assert cohort.subjects == ["sub-001", "sub-002"]
+    assert [s.site for s in cohort if s.session == "rescan"] == [sim.DEFAULT_TARGET_SITE] * 2
+    none = SimulatedDataset(n_subjects=2, voxel_mm=V, rescans="none").load()
+    assert all(s.session is None for s in none)
+    with pytest.raises(ConfigError, match="rescans"):
+        SimulatedDataset(rescans="some").fingerprint()
     assert ds.default_target_site(cohort) == sim.DEFAULT_TARGET_SITE
     assert ds.default_unseen_sites(cohort) == list(sim.DEFAULT_UNSEEN_SITES)
 

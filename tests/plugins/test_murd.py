@@ -23,7 +23,7 @@ TINY = {
     "n_style_samples": 16,
 }
 #: Enough training on the 8 mm cohort for the content/style split to reconstruct (a few seconds).
-MODEST = {**TINY, "channels": 4, "style_dim": 8, "steps": 120, "batch_size": 4}
+MODEST = {**TINY, "channels": 4, "n_downsample": 1, "style_dim": 8, "steps": 120, "batch_size": 4}
 
 
 def _brain_mae(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -57,19 +57,17 @@ def test_concat_injection_and_resized_slices(tiny_split):
 
 
 def test_own_content_and_style_reconstruct_the_scan(fitted, tiny_split, tiny_cohort):
-    """Recombining a scan's content with its own style gives back the scan, with an error well below the gap
-    between the scan and the same subject's target-site scan (both in units of their 95th percentile)."""
+    """Recombining a scan's content with its own style gives back the scan, with an error well below the
+    identity-to-target gap (how far the scan is from the same subject's target-site scan)."""
     _, target, _, tests = tiny_split
+    ratios = []
     for scan in tests:
         truth = tiny_cohort.find(scan.subject, target)
         mask = scan.brain & truth.brain
-        p_scan = np.percentile(scan.data[scan.brain], 95)
-        p_truth = np.percentile(truth.data[truth.brain], 95)
-        gap = _brain_mae(scan.data / p_scan, truth.data / p_truth, mask)
         rebuilt = fitted.reconstruct(scan)
-        error = _brain_mae(rebuilt.data / p_scan, scan.data / p_scan, mask)
-        assert error < 0.5 * gap, (scan.site, error, gap)
+        ratios.append(_brain_mae(rebuilt.data, scan.data, mask) / _brain_mae(scan.data, truth.data, mask))
         np.testing.assert_array_equal(rebuilt.data[~scan.brain], scan.data[~scan.brain])
+    assert max(ratios) < 0.5, ratios
 
 
 def test_site_mode_follows_the_reference_site_and_target_scale(fitted, tiny_split, tiny_cohort):
@@ -185,7 +183,7 @@ def test_paper_configuration():
     nets, disc = h._build(4, murd.resolve_device("cpu"))
     assert sum(p.numel() for p in disc.parameters()) > 0
     n_inference = sum(p.numel() for p in nets.parameters())
-    assert 3_000_000 < n_inference < 6_000_000, n_inference
+    assert 15_000_000 < n_inference < 25_000_000, n_inference
     assert nets.content.out_channels == 256 and nets.generator.injection == "concat"
 
 
