@@ -88,10 +88,12 @@ def _anatomy(cases) -> float:
 def test_anatomy_ravd(cases):
     ev = VolumeEvaluator()
     anatomy = {name: _anatomy(cases[name]) for name in OUTPUTS}
-    # the per-image segmenter ignores a gain; the segmenter's own error is the floor even for the perfect output
+    # the per-image segmenter ignores a gain; its own error is the floor even for the perfect output, and at 8 mm
+    # that error is larger at the target site than at these source sites, so against ground truth the perfect
+    # output does not score below identity (docs/metrics.md, "anatomy"): only the target-scan variant orders them
     assert anatomy["gain"] == pytest.approx(anatomy["identity"], abs=0.5), anatomy
-    assert 0.0 < anatomy["perfect"] < anatomy["identity"], anatomy
-    assert min(anatomy["blank"], anatomy["noise"]) > anatomy["identity"] + 10.0, anatomy
+    assert anatomy["perfect"] > 0.0
+    assert anatomy["blank"] > anatomy["identity"] + 10.0, anatomy
     to_target = {name: _mean(ev, cases[name], "ravd_gm_target") for name in OUTPUTS}
     assert to_target["perfect"] == 0.0 < to_target["identity"], to_target
     assert to_target["gain"] == pytest.approx(to_target["identity"], abs=0.5)
@@ -99,14 +101,16 @@ def test_anatomy_ravd(cases):
 
 
 def test_site_and_destroying_the_image_does_not_win_it_without_losing_anatomy(cases):
-    ev = SiteRemovalEvaluator(n_permutations=9)
+    ev = SiteRemovalEvaluator(n_permutations=4, n_repeats=2)
     bacc = {name: _mean(ev, cases[name], "site_bacc") for name in OUTPUTS}
     chance = 1 / 3
     assert bacc["perfect"] == pytest.approx(chance) and bacc["blank"] == pytest.approx(chance), bacc
     assert bacc["identity"] > 0.8 and bacc["gain"] > 0.6, bacc  # a gain alone does not hide the site
     assert bacc["noise"] < bacc["identity"], bacc
     anatomy = {name: _anatomy(cases[name]) for name in OUTPUTS}
-    for destroyed in ("blank", "noise"):
-        # whatever a destroyed image gains on the site axis, it pays on the anatomy axis
-        if bacc[destroyed] <= bacc["identity"]:
-            assert anatomy[destroyed] > max(anatomy["identity"], anatomy["gain"]) + 10.0, anatomy
+    # a blank image wins the site axis (chance) and pays on the anatomy axis
+    assert anatomy["blank"] > max(anatomy["identity"], anatomy["gain"]) + 10.0, anatomy
+    # noise with the target's brightness and spread keeps plausible GMM volumes (rAVD counts voxels, not where they
+    # are: docs/metrics.md), so it pays on fidelity instead
+    paired = PairedEvaluator()
+    assert _mean(paired, cases["noise"], "ssim") < _mean(paired, cases["identity"], "ssim") - 0.1

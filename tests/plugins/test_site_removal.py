@@ -36,8 +36,8 @@ def _p(records):
 
 
 def _fast(**kw):
-    """Few permutations: the tests that do not read the p-value need none of its resolution."""
-    return SiteRemovalEvaluator(n_permutations=kw.pop("n_permutations", 9), **kw)
+    """Few permutations and repeats: the tests that do not read the p-value need none of its resolution."""
+    return SiteRemovalEvaluator(n_permutations=kw.pop("n_permutations", 4), n_repeats=kw.pop("n_repeats", 2), **kw)
 
 
 def _chance(records):
@@ -46,7 +46,7 @@ def _chance(records):
 
 def test_identity_on_the_simulator_is_well_above_chance_and_significant(tiny_cohort):
     cases = [EvalCase(input=s, output=s, target=None) for s in _source_scans(tiny_cohort)]
-    records = SiteRemovalEvaluator(n_permutations=49).evaluate(cases)
+    records = SiteRemovalEvaluator(n_permutations=19, n_repeats=2).evaluate(cases)
     assert _chance(records) == pytest.approx([1 / 3])
     assert _bacc(records) > 0.8, _bacc(records)
     assert _p(records) <= 0.05, _p(records)
@@ -83,7 +83,7 @@ def test_outputs_equal_to_the_target_scan_are_at_chance(tiny_cohort):
     cases = [
         EvalCase(input=s, output=tiny_cohort.find(s.subject, target), target=None) for s in _source_scans(tiny_cohort)
     ]
-    records = SiteRemovalEvaluator(n_permutations=19).evaluate(cases)
+    records = SiteRemovalEvaluator(n_permutations=9, n_repeats=2).evaluate(cases)
     assert _bacc(records) == pytest.approx(1 / 3)
     assert _p(records) == 1.0  # every permutation is as good as the observed labelling
 
@@ -117,8 +117,8 @@ def test_record_mean_is_balanced_accuracy_on_unbalanced_data(tiny_cohort):
     sites = [c.input.site for c in cases]
     subjects = [c.input.subject for c in cases]
     features = np.stack([site_features(c.output) for c in cases])
-    repeats = grouped_folds(subjects, 5, 5, 0)
-    assert len(repeats) == 5  # 6 subjects, 5 folds: shuffled, repeated
+    repeats = grouped_folds(subjects, 5, 2, 0)
+    assert len(repeats) == 2  # 6 subjects, 5 folds: shuffled, repeated
     expected = float(
         np.mean(
             [balanced_accuracy_score(sites, list(cross_validated_predictions(features, sites, f))) for f in repeats]
