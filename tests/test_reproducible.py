@@ -57,10 +57,9 @@ class Tolerance:
         return abs(fresh - committed) <= self.atol + self.rtol * abs(committed)
 
 
-#: First match wins. Each row: the spread it was derived from. "threads" = the default suite run with
-#: HARMBENCH_TORCH_THREADS=1 against the default 2 threads on one machine (stand-in for another CPU);
-#: "EPYC" = issue 9's measurement of the committed board regenerated on a 2-core AMD EPYC;
-#: "seeds" = the between-seed sd of HAIL's cell means over fit seeds 0, 1, 2 (`harmbench run --repeats 3`).
+#: First match wins. Each row: the spread it was derived from. "threads 1 vs 2" = per-scan values with
+#: HARMBENCH_TORCH_THREADS=1 against 2 on one machine (stand-in for another CPU; docs/reproducibility.md
+#: says on what data); "EPYC" = issue 9's measurement of the committed board regenerated on a 2-core AMD EPYC.
 #: A tolerance is about 3× the largest spread measured for its row, so that one more CPU model does not
 #: fail CI while a real change of a method (a few sd) does.
 TOLERANCES: tuple[Tolerance, ...] = (
