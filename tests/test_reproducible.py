@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -172,29 +173,52 @@ def test_committed_leaderboard_renders_byte_for_byte_from_the_committed_scores(t
 # -- a fresh run of the committed suite -----------------------------------------------------------------
 
 
+#: The rows a CI run regenerates: every classical method and one trained one (HAIL stands for the "trained"
+#: tolerance rows), plus the reference row. The other trained methods' rows take about 15 more minutes on
+#: 2 cores; their figures are covered by the byte-for-byte render above and their own unit tests, and
+#: ``HARMBENCH_REPRODUCE=all`` regenerates every row.
+CI_HARMONIZERS = ("identity", "scale", "histogram", "ssimh", "combat", "combat-refit", "hail")
+
+
+def reproduced_suite() -> Suite:
+    suite = load_suite(COMMITTED / "suite.toml")
+    if os.environ.get("HARMBENCH_REPRODUCE", "") == "all":
+        return suite
+    return suite.replace(harmonizers=tuple(c for c in suite.harmonizers if c.label in CI_HARMONIZERS))
+
+
+def reproduced_labels(suite: Suite) -> set[str]:
+    """Harmonizer labels of ``suite`` plus the reference rows (never a method, always reproduced)."""
+    committed = pd.read_csv(COMMITTED / "leaderboard.csv")
+    methods = {c.label for c in load_suite(COMMITTED / "suite.toml").harmonizers}
+    return {c.label for c in suite.harmonizers} | (set(committed["harmonizer"]) - methods)
+
+
 @pytest.fixture(scope="session")
 def fresh_default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The committed suite run once per session (the one full default run of the test suite)."""
+    """The committed suite (its CI rows, `reproduced_suite`) run once per session."""
     out = tmp_path_factory.mktemp("default")
-    Runner(load_suite(COMMITTED / "suite.toml"), out, progress=False).run()
+    Runner(reproduced_suite(), out, progress=False).run()
     return out
 
 
-def test_fresh_run_reproduces_the_split_and_the_suite_byte_for_byte(fresh_default_run):
-    for name in ("split.json", "suite.toml"):
-        assert (fresh_default_run / name).read_bytes() == (COMMITTED / name).read_bytes(), f"{name} differs"
+def test_fresh_run_reproduces_the_split_byte_for_byte(fresh_default_run):
+    assert (fresh_default_run / "split.json").read_bytes() == (COMMITTED / "split.json").read_bytes()
 
 
 def test_fresh_run_scores_have_the_committed_rows(fresh_default_run):
     key = ["scenario", "harmonizer", "seed", "evaluator", "metric", "subject", "site", "status"]
+    labels = reproduced_labels(reproduced_suite())
     fresh = read_scores(fresh_default_run / SCORES_FILE)[key]
     committed = read_scores(COMMITTED / SCORES_FILE)[key]
+    committed = committed[committed["harmonizer"].isin(labels)]
     assert fresh.reset_index(drop=True).equals(committed.reset_index(drop=True))
 
 
 def test_fresh_run_figures_are_within_the_measured_tolerances(fresh_default_run):
-    suite = load_suite(COMMITTED / "suite.toml")
+    suite = reproduced_suite()
     committed = pd.read_csv(COMMITTED / "leaderboard.csv")
+    committed = committed[committed["harmonizer"].isin(reproduced_labels(suite))]
     fresh = pd.read_csv(fresh_default_run / "leaderboard.csv")
     problems = out_of_tolerance(committed, fresh, trained_harmonizers(suite))
     assert not problems, "\n".join(problems)
