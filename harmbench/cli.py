@@ -137,6 +137,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = dict(changes.get("dataset_params", suite.dataset_params))
     if args.profile:
         params["profile"] = args.profile
+    if params != suite.dataset_params or changes.get("dataset", suite.dataset) != suite.dataset:
+        # the suite's test-subject count was chosen for its own cohort; other data gets the protocol default
+        changes["n_test_subjects"] = None
     changes["dataset_params"] = params
     for option, key in (("target_site", "target_site"), ("seed", "seed"), ("device", "device")):
         if getattr(args, option) is not None:

@@ -20,11 +20,20 @@ def test_builtin_default_suite():
         "combat-refit",
         "hail",
         "hail-no-consistency",
+        "blindharmony",
+        "murd",
+        "murd-reference",
+        "cyclegan",
+        "cyclegan-pooled",
     ]
-    ablation = suite.harmonizers[-1]
-    assert ablation.plugin == "hail" and ablation.params == {"consistency_weight": 0.0}
+    by_label = {c.label: c for c in suite.harmonizers}
+    assert by_label["hail-no-consistency"].plugin == "hail"
+    assert by_label["hail-no-consistency"].params == {"consistency_weight": 0.0}
+    assert by_label["murd-reference"].plugin == "murd"
+    assert by_label["murd-reference"].params == {"target_mode": "reference"}
     assert [c.label for c in suite.evaluators] == ["wasserstein", "paired", "volume", "segmentation", "site_removal"]
-    assert suite.dataset == "harmbench-sim" and suite.dataset_params == {"profile": "quick"}
+    assert suite.dataset == "harmbench-sim" and suite.dataset_params == {"profile": "default"}
+    assert suite.n_test_subjects == 30
     assert suite.baselines == ("identity", "scale") and suite.fit_seeds == (suite.seed,)
 
 
