@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from harmbench.errors import DataError
 
@@ -164,18 +166,35 @@ class ResultStore:
     def write_cell(self, cell_id: str, records: Iterable[dict]) -> None:
         frame = to_frame(records)
         frame["cell_id"] = cell_id
-        atomic_write_bytes(self.cell_path(cell_id), frame.to_parquet(index=False))
+        atomic_write_bytes(self.cell_path(cell_id), parquet_bytes(frame))
 
     def read_cells(self, cell_ids: Iterable[str]) -> pd.DataFrame:
-        frames = [pd.read_parquet(self.cell_path(c)) for c in cell_ids if self.has(c)]
+        frames = [read_parquet(self.cell_path(c)) for c in cell_ids if self.has(c)]
         if not frames:
             return to_frame([])
         return pd.concat(frames, ignore_index=True)
 
     def write_results(self, frame: pd.DataFrame) -> Path:
         path = self.out_dir / "results.parquet"
-        atomic_write_bytes(path, frame.to_parquet(index=False))
+        atomic_write_bytes(path, parquet_bytes(frame))
         return path
+
+
+# Arrow's CPU thread pool can abort the interpreter at exit ("terminate called without an active
+# exception", apache/arrow#34314) or hang it when the read went through a Python file object, which is
+# what pandas.read_parquet passes (apache/arrow#50482); our tables are small, so read and write them on
+# the calling thread, from a path.
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    """``frame`` as Parquet bytes, built without Arrow's thread pool."""
+    table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    """A Parquet file written by :func:`parquet_bytes`, read without Arrow's thread pool."""
+    return pq.ParquetFile(str(path), pre_buffer=False).read(use_threads=False).to_pandas(use_threads=False)
 
 
 def scores_csv(results: pd.DataFrame) -> str:
@@ -215,7 +234,7 @@ def read_results(out_dir: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: no results here; run `harmbench run --out {out_dir}` first")
     try:
-        frame = pd.read_parquet(path)
+        frame = read_parquet(path)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         first = (str(exc).strip().splitlines() or [""])[0]
         raise DataError(f"{path}: not a readable results table ({type(exc).__name__}: {first})") from exc

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from harmbench.cli import main
+from harmbench.results import read_parquet
 
 TINY_ARGS = ["--quiet"]
 TINY_SUITE = """
@@ -231,7 +232,7 @@ def test_harmonizers_option_keeps_a_suite_variants_parameters_and_no_oracle(tmp_
     )
     written = (out / "suite.toml").read_text()
     assert 'standard = "site"' in written and "oracle = false" in written
-    results = pd.read_parquet(out / "results.parquet")
+    results = read_parquet(out / "results.parquet")
     assert set(results["harmonizer"]) == {"histogram-site"}
 
 

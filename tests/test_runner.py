@@ -16,7 +16,7 @@ from harmbench.api import Evaluator, MetricSpec
 from harmbench.errors import ConfigError
 from harmbench.leaderboard import SUMMARY_COLUMNS
 from harmbench.plugins import Registry, get_plugin_manager
-from harmbench.results import SCORES_FILE, read_scores
+from harmbench.results import SCORES_FILE, read_parquet, read_scores
 from harmbench.runner import Runner
 from harmbench.suite import Component
 
@@ -176,7 +176,7 @@ def _cells(results):
 
 def test_tiny_suite_gives_a_full_leaderboard(tmp_path):
     report = Runner(tiny_suite(), tmp_path, progress=False).run()
-    results = pd.read_parquet(report.results_path)
+    results = read_parquet(report.results_path)
     assert set(results["status"]) == {"ok"}
     assert set(results["scenario"]) == {"seen", "unseen"}
     assert {"nwd_ip", "nwd_tp", "w1_target", "psnr", "ssim", "ravd_gm", "ravd_wm", "ravd_csf"} <= set(results["metric"])
@@ -200,7 +200,7 @@ def test_broken_plugins_fail_only_their_own_cells(tmp_path, registry):
         evaluators=("wasserstein",),
     )
     report = Runner(suite, tmp_path, registry=registry, progress=False).run()
-    results = pd.read_parquet(report.results_path)
+    results = read_parquet(report.results_path)
     status = results.groupby("harmonizer")["status"].agg(set)
     assert status["identity"] == {"ok"}
     for name in ("broken-raises", "broken-nan", "broken-shape", "broken-fit"):
@@ -217,7 +217,7 @@ def test_broken_plugins_fail_only_their_own_cells(tmp_path, registry):
 
 def test_meta_capability_gives_not_applicable(tmp_path, registry):
     suite = tiny_suite(harmonizers=("seen-only",), evaluators=("wasserstein",))
-    results = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    results = read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
     results = results[results["role"] == "method"]
     by_scenario = results.groupby("scenario")["status"].agg(set)
     assert by_scenario["seen"] == {"ok"} and by_scenario["unseen"] == {"not_applicable"}
@@ -247,7 +247,7 @@ def test_save_images_writes_volumes(tmp_path):
     suite = tiny_suite(harmonizers=("identity",), evaluators=("wasserstein",))
     report = Runner(suite, tmp_path, progress=False, save_images=True).run()
     images = sorted((tmp_path / "images").rglob("*.nii.gz"))
-    results = pd.read_parquet(report.results_path)
+    results = read_parquet(report.results_path)
     assert len(images) == len(results[["scenario", "subject", "site"]].drop_duplicates())
     assert images[0].parent.parent.name in {"seen", "unseen"} and images[0].parent.name == "identity"
 
@@ -261,7 +261,7 @@ def test_retry_failed_recomputes_failed_cells(tmp_path, registry):
 
 def test_hanging_plugin_times_out_and_fails_its_cells(tmp_path, registry):
     suite = tiny_suite(harmonizers=("identity", "hangs"), evaluators=("wasserstein",), cell_timeout_s=1.0)
-    results = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    results = read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
     status = results.groupby("harmonizer")["status"].agg(set)
     assert status["identity"] == {"ok"} and status["hangs"] == {"failed"}
     assert results.loc[results.harmonizer == "hangs", "error"].str.contains("longer than 1 s").all()
@@ -271,7 +271,7 @@ def test_transductive_harmonizer_is_adapted_per_site_with_all_its_test_scans(tmp
     Transductive.adapted = []
     suite = tiny_suite(harmonizers=("transductive",), evaluators=("wasserstein",))
     report = Runner(suite, tmp_path, registry=registry, progress=False).run()
-    results = pd.read_parquet(report.results_path)
+    results = read_parquet(report.results_path)
     results = results[results["role"] == "method"]
     assert set(results["status"]) == {"ok"} and results["transductive"].all()
     n_test = len(report.split.test_subjects)
@@ -288,7 +288,7 @@ def test_histogram_and_ssimh_beat_identity_on_seen_sites(tmp_path):
     evaluator), under which a global intensity map need not beat identity on the tiny cohort, and that is a
     finding about the methods, not something to assert away.
     """
-    results = pd.read_parquet(Runner(tiny_suite(), tmp_path, progress=False).run().results_path)
+    results = read_parquet(Runner(tiny_suite(), tmp_path, progress=False).run().results_path)
     seen = results[results.scenario == "seen"].groupby(["metric", "harmonizer"])["value"].mean()
     for method in ("histogram", "ssimh"):
         assert seen["nwd_tp", method] < 0.5 * seen["nwd_tp", "identity"]
@@ -325,7 +325,7 @@ class ProbePlugin:
 
 def test_reference_row_is_the_rescan_ceiling_and_is_not_ranked(tmp_path):
     report = Runner(tiny_suite(harmonizers=("identity",)), tmp_path, progress=False).run()
-    results = pd.read_parquet(report.results_path)
+    results = read_parquet(report.results_path)
     ceiling = results[results["harmonizer"] == "rescan-ceiling"]
     assert set(ceiling["role"]) == {"ceiling"} and set(ceiling["status"]) == {"ok"}
     assert set(results.loc[results["harmonizer"] == "identity", "role"]) == {"method"}
@@ -345,7 +345,7 @@ def test_reference_row_is_the_rescan_ceiling_and_is_not_ranked(tmp_path):
 def test_without_rescans_the_reference_row_falls_back_to_the_oracle_and_says_so(tmp_path):
     suite = tiny_suite(harmonizers=("identity",), evaluators=("wasserstein",))
     suite = suite.replace(dataset_params={**suite.dataset_params, "rescans": "none"})
-    results = pd.read_parquet(Runner(suite, tmp_path, progress=False).run().results_path)
+    results = read_parquet(Runner(suite, tmp_path, progress=False).run().results_path)
     oracle = results[results["harmonizer"] == "oracle"]
     assert set(oracle["role"]) == {"oracle"} and np.allclose(oracle.loc[oracle["metric"] == "nwd_tp", "value"], 0.0)
     assert "‡ oracle, not ranked (this data has no rescans" in (tmp_path / "leaderboard.md").read_text()
@@ -353,7 +353,7 @@ def test_without_rescans_the_reference_row_falls_back_to_the_oracle_and_says_so(
 
 def test_reference_row_can_be_switched_off_and_its_labels_are_reserved(tmp_path, registry):
     report = Runner(tiny_suite(harmonizers=("identity",), oracle=False), tmp_path, progress=False).run()
-    assert set(pd.read_parquet(report.results_path)["harmonizer"]) == {"identity"}
+    assert set(read_parquet(report.results_path)["harmonizer"]) == {"identity"}
     for label in ("oracle", "rescan-ceiling"):
         clash = tiny_suite(harmonizers=("identity",)).replace(harmonizers=(Component(label=label, plugin="identity"),))
         with pytest.raises(ConfigError, match="reserved"):
@@ -394,7 +394,7 @@ def test_stochastic_methods_are_fitted_once_per_seed_and_deterministic_ones_once
     registry = Registry(get_plugin_manager(extra_plugins=[SeedPlugin()]))
     suite = tiny_suite(harmonizers=("identity", "seed-recorder"), evaluators=("wasserstein",), seeds=(0, 1, 2))
     SeedRecorder.fits.clear()
-    results = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    results = read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
     assert SeedRecorder.fits == [float(np.random.default_rng(s).uniform(0.5, 1.5)) for s in (0, 1, 2)]
     assert set(results.loc[results["harmonizer"] == "seed-recorder", "seed"]) == {0, 1, 2}
     assert set(results.loc[results["harmonizer"] == "identity", "seed"]) == {0}
@@ -412,7 +412,7 @@ def test_stochastic_methods_are_fitted_once_per_seed_and_deterministic_ones_once
 def test_evaluators_get_fit_and_transform_timing_with_peak_memory(tmp_path):
     registry = Registry(get_plugin_manager(extra_plugins=[ProbePlugin()]))
     suite = tiny_suite(harmonizers=("identity",), evaluators=("timing-probe",))
-    results = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    results = read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
     method = results[results["role"] == "method"]
     assert set(method["status"]) == {"ok"} and method["device_dependent"].all()
     values = method.groupby("metric")["value"]
@@ -427,10 +427,10 @@ def test_evaluators_get_fit_and_transform_timing_with_peak_memory(tmp_path):
 def test_cached_fit_keeps_its_recorded_timing(tmp_path):
     registry = Registry(get_plugin_manager(extra_plugins=[ProbePlugin()]))
     suite = tiny_suite(harmonizers=("histogram",), evaluators=("timing-probe",))
-    first = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    first = read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
     for cell in (tmp_path / "cells").iterdir():
         cell.unlink()  # evaluate again from the cached model
-    second = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    second = read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
     pick = lambda r: sorted(r.loc[r["metric"].isin(["probe_fit_s", "probe_peak_mem_mb"]), "value"])  # noqa: E731
     assert pick(first) == pick(second)
 
@@ -442,7 +442,7 @@ def test_cuda_request_without_a_gpu_runs_on_the_cpu_and_records_it(tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="harmbench.timing"):
         runner = Runner(tiny_suite(harmonizers=("identity",), device="cuda"), tmp_path, progress=False)
     assert runner.device == "cpu" and "no CUDA device" in caplog.text
-    results = pd.read_parquet(runner.run().results_path)
+    results = read_parquet(runner.run().results_path)
     assert set(results["device"]) == {"cpu"}
 
 
@@ -458,7 +458,7 @@ def test_target_only_methods_get_every_target_site_training_scan_and_provenance_
     assert sorted(TargetOnlyRecorder.seen) == expected
     # more than the unpaired assignment would have given it: one seen site per training subject
     assert len(expected) > sum(site == split.target_site for _, site in split.assignment)
-    results = pd.read_parquet(report.results_path)
+    results = read_parquet(report.results_path)
     recorder = results[results["harmonizer"] == "target-only-recorder"]
     assert set(recorder["n_train"]) == {float(len(expected))} == set(recorder["n_train_target"])
     assert set(recorder["fit_info"]) == {json.dumps({"kind": "recorder", "n_parameters": 7})}
@@ -469,5 +469,5 @@ def test_target_only_methods_get_every_target_site_training_scan_and_provenance_
     (tmp_path / "results.parquet").unlink()
     for cell in (tmp_path / "cells").glob("*target-only-recorder*"):
         cell.unlink()
-    again = pd.read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
+    again = read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
     assert set(again.loc[again["harmonizer"] == "target-only-recorder", "n_train"]) == {float(len(expected))}

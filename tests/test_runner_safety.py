@@ -19,7 +19,7 @@ from harmbench import Harmonizer, Meta, hookimpl
 from harmbench.api import Evaluator, MetricSpec
 from harmbench.errors import ConfigError
 from harmbench.plugins import Registry, get_plugin_manager
-from harmbench.results import atomic_path
+from harmbench.results import atomic_path, read_parquet
 from harmbench.runner import Runner, time_limit
 from harmbench.suite import load_suite
 
@@ -168,7 +168,7 @@ def registry():
 
 
 def _results(report) -> pd.DataFrame:
-    frame = pd.read_parquet(report.results_path)
+    frame = read_parquet(report.results_path)
     return frame[frame["role"] == "method"]
 
 
@@ -289,7 +289,7 @@ def test_an_unloadable_cached_model_is_refitted_not_failed(tmp_path, registry, c
 def test_a_malformed_evaluator_record_fails_that_cell_only(tmp_path, registry):
     suite = tiny_suite(harmonizers=("identity",), evaluators=("wasserstein", "missing-value", "text-value"))
     report = Runner(suite, tmp_path, registry=registry, progress=False).run()
-    results = pd.read_parquet(report.results_path)
+    results = read_parquet(report.results_path)
     status = results.groupby("evaluator")["status"].agg(set)
     assert status["wasserstein"] == {"ok"}
     assert status["missing-value"] == status["text-value"] == {"failed"}
