@@ -58,43 +58,56 @@ class Tolerance:
         return abs(fresh - committed) <= self.atol + self.rtol * abs(committed)
 
 
-#: First match wins. Each row: the spread it was derived from. "threads 1 vs 2" = per-scan values with
-#: HARMBENCH_TORCH_THREADS=1 against 2 on one machine (stand-in for another CPU; docs/reproducibility.md
-#: says on what data); "EPYC" = issue 9's measurement of the committed board regenerated on a 2-core AMD EPYC.
-#: A tolerance is about 3× the largest spread measured for its row, so that one more CPU model does not
-#: fail CI while a real change of a method (a few sd) does.
+#: First match wins. Each row: the spread it was derived from. "threads 1 vs 2" = the CI rows of the
+#: committed board (made with 2 torch threads) regenerated with HARMBENCH_TORCH_THREADS=1 on the same
+#: machine, the stand-in for another CPU (docs/reproducibility.md); "EPYC" = issue 9's measurement of the
+#: committed board regenerated on a 2-core AMD EPYC. A tolerance is at least 3× the largest spread
+#: measured for its row, so that one more CPU model does not fail CI while a real change of a method
+#: does; the trained rows are the exception, and say why.
 TOLERANCES: tuple[Tolerance, ...] = (
+    # Deep harmonizers first: their output is one draw from the training distribution, and another CPU or
+    # thread count is another draw, which moves every figure computed from it (the segmenter's too).
+    # The measured moves reach 45 %, so "3x the spread" would allow anything; these rows allow a factor of
+    # two, which catches a broken or changed method, not a drift. The board's seed_sd is the error bar.
+    Tolerance(
+        "trained",
+        "ravd_*",
+        0.5,
+        1.0,
+        "threads 1 vs 2: hail unseen ravd_csf 41.9 → 23.7 (−43 %), seen ravd_gm ci_low 1.43 → 2.26 (+0.83)",
+    ),
+    Tolerance(
+        "trained",
+        "*",
+        0.05,
+        1.0,
+        "threads 1 vs 2: hail nwd_tp 0.118 → 0.160 seen (+36 %), 0.103 → 0.148 unseen (+44 %), w1_target +45 %, "
+        "iou_wm −0.045, dice_gap_closed −0.077; EPYC: hail nwd_tp +28 % / +37 %",
+    ),
     # Trained downstream segmenter and the site classifier: trained inside the evaluator, for every row.
     Tolerance(
         "*",
         "dice_gap_closed",
         0.2,
         0.0,
-        "a ratio (method − identity) / (ceiling − identity) of Dice means: a Dice noise δ on the three moves it by "
-        "about 3δ / gap; δ ≤ 0.01 (the iou/dice row's measurement) over a gap of ≥ 0.15 gives 0.2",
+        "threads 1 vs 2: at most 0.0007 on a classical row; a ratio (method − identity) / (ceiling − identity) of "
+        "Dice means, so a Dice shift δ on the three moves it by about 3δ / gap: 0.01 over a gap ≥ 0.15 gives 0.2",
     ),
     Tolerance(
         "*",
         "iou_*|dice_*",
         0.03,
         0.0,
-        "EPYC: every iou/dice cell moved (the issue does not give the size); not re-measured here: 0.03 is a guard "
-        "three times a 0.01 Dice shift, to be narrowed from the seed spread of a --repeats run",
+        "threads 1 vs 2: at most 0.0004 on a classical row; EPYC: every iou/dice cell moved (size not given); "
+        "between segmenter seeds: docs/reproducibility.md",
     ),
     Tolerance(
         "*",
         "site_*",
         0.2,
         0.0,
-        "EPYC: a site_bacc bound 0.25 → 0.333 (one subject's fold flipping moves a share by 1/n_subjects)",
-    ),
-    # Deep harmonizers: one training run is a draw from the seed distribution; another CPU is another draw.
-    Tolerance(
-        "trained",
-        "*",
-        0.05,
-        0.5,
-        "EPYC: hail nwd_tp 0.063 → 0.081 seen, → 0.087 unseen (+28 %, +37 %): another CPU is another training run",
+        "EPYC: a site_bacc bound 0.25 → 0.333 (one subject's fold flipping moves a share by 1/n_subjects); "
+        "threads 1 vs 2: unchanged",
     ),
     # EM (GMM tissue model) inside the volume evaluator: deterministic up to floating-point summation order.
     Tolerance(
