@@ -26,8 +26,10 @@ def test_measure_times_the_block():
 
 def test_peak_memory_is_per_stage_not_the_process_lifetime_peak():
     with measure("cpu") as big:
-        block = np.ones(300 * 2**20 // 8)  # 300 MB, touched
-        del block
+        # 300 MB, touched, resident when the stage ends: the kernel's high-water mark is updated lazily, so
+        # a block freed inside the stage is not reliably seen on every kernel (CI once read 1 MB here)
+        block = np.ones(300 * 2**20 // 8)
+    del block
     with measure("cpu") as small:
         np.ones(1000).sum()
     assert big.peak_mem_mb > 250 and small.peak_mem_mb < 50
