@@ -116,6 +116,19 @@ def normalise(scan: Scan, scale: float) -> np.ndarray:
     return np.where(scan.brain, scan.data / np.float32(scale), np.float32(0.0)).astype(np.float32)
 
 
+def first_largest(logits: torch.Tensor) -> torch.Tensor:
+    """uint8 index of the largest of the ``C`` channels of a (C, ...) tensor, the first on ties: what
+    ``argmax(dim=0)`` gives on finite values, about ten times faster on the CPU, where a reduction over the
+    outer axis takes a slow strided path (40 ms for a 3-channel brain box at the default profile)."""
+    best = logits[0]
+    index = torch.zeros(best.shape, dtype=torch.uint8, device=logits.device)
+    for channel in range(1, logits.shape[0]):
+        better = logits[channel] > best
+        index.masked_fill_(better, channel)
+        best = torch.where(better, logits[channel], best)
+    return index
+
+
 def brain_box(brain: np.ndarray, margin: int = CROP_MARGIN) -> tuple[slice, ...]:
     """Slices of the brain's bounding box grown by ``margin`` voxels (clipped to the volume)."""
     idx = np.argwhere(brain)
@@ -286,7 +299,7 @@ class SegmentationEvaluator(PerScanEvaluator):
                 log.info("segmentation: loaded the target-site segmenter from %s", path)
                 model, self.scale_ = loaded
                 self.model_, self.loaded_from_cache_, self.target_site_ = model.to(self.device_), True, target_site
-                self._reference_dice: dict[str, float] = {}
+                self._overlaps: dict[str, dict[str, float]] = {}
                 return
         log.info("segmentation: training a 3-D U-Net on %d %s scan(s)", len(scans), target_site)
         self.scale_ = site_scale(scans)
@@ -294,7 +307,7 @@ class SegmentationEvaluator(PerScanEvaluator):
         if path is not None:
             self._save(model, self.scale_, path)
         self.model_, self.loaded_from_cache_, self.target_site_ = model, False, target_site
-        self._reference_dice = {}
+        self._overlaps = {}
 
     def train_segmenter(self, scans: Sequence[Scan], scale: float | None = None) -> UNet3d:
         """Train a fresh U-Net on ``scans`` (their data and labels) as the module docstring describes; every scan
@@ -356,11 +369,15 @@ class SegmentationEvaluator(PerScanEvaluator):
         return model, scale
 
     # -- evaluation ------------------------------------------------------------
-    def predict(self, scan: Scan) -> np.ndarray:
-        """uint8 tissue labels of ``scan`` (0 outside its brain mask, 1 CSF, 2 GM, 3 WM)."""
+    def _prepared_model(self) -> UNet3d:
         model = getattr(self, "model_", None)
         if model is None:
             raise PluginError("segmentation: call prepare(train, target_site, cache_dir) before evaluating")
+        return model
+
+    def predict(self, scan: Scan) -> np.ndarray:
+        """uint8 tissue labels of ``scan`` (0 outside its brain mask, 1 CSF, 2 GM, 3 WM)."""
+        model = self._prepared_model()
         brain = scan.brain
         labels = np.zeros(scan.shape, dtype=np.uint8)
         if not brain.any():
@@ -368,19 +385,22 @@ class SegmentationEvaluator(PerScanEvaluator):
         box = brain_box(brain)
         x = torch.from_numpy(normalise(scan, self.scale_)[box].copy())[None, None].to(self.device_)
         with torch.no_grad(), autocast(self.device_):
-            tissue = model(x)[0].float().argmax(dim=0).cpu().numpy().astype(np.uint8) + 1
+            tissue = first_largest(model(x)[0].float()).cpu().numpy() + 1
         labels[box] = np.where(brain[box], tissue, 0)
         return labels
 
-    def _dice_of(self, scan: Scan, truth: np.ndarray) -> float:
-        """Mean Dice of an unharmonized scan (an input or a rescan), remembered: every harmonizer's cell of a
-        scenario shares its inputs and rescans, and the segmenter is fixed once prepared."""
+    def _overlap_of(self, scan: Scan, truth: np.ndarray) -> dict[str, float]:
+        """`overlap_scores` of the segmenter's labels of ``scan`` against ``truth``, remembered by content: every
+        harmonizer's cell of a scenario shares its inputs and rescans, a method that returns its input (identity)
+        repeats them, and the segmenter is fixed once prepared."""
+        self._prepared_model()
         digest = hashlib.sha256(np.ascontiguousarray(scan.data).tobytes())
+        digest.update(np.ascontiguousarray(scan.brain).tobytes())
         digest.update(np.ascontiguousarray(truth).tobytes())
         key = f"{scan.key}:{digest.hexdigest()[:16]}"
-        if key not in self._reference_dice:
-            self._reference_dice[key] = overlap_scores(self.predict(scan), truth)["dice_mean"]
-        return self._reference_dice[key]
+        if key not in self._overlaps:
+            self._overlaps[key] = overlap_scores(self.predict(scan), truth)
+        return dict(self._overlaps[key])
 
     def evaluate_scan(self, case: EvalCase) -> dict[str, float]:
         truth = case.input.labels
@@ -395,12 +415,12 @@ class SegmentationEvaluator(PerScanEvaluator):
                 f"labels have {truth.shape}"
             )
         truth = np.asarray(truth)
-        values = overlap_scores(self.predict(case.output), truth)
+        values = self._overlap_of(case.output, truth)
         values["dice_gap_closed"] = math.nan
         rescan = case.rescan
         if rescan is not None and rescan.labels is not None:
-            dice_input = self._dice_of(case.input, truth)
-            gap = self._dice_of(rescan, np.asarray(rescan.labels)) - dice_input
+            dice_input = self._overlap_of(case.input, truth)["dice_mean"]
+            gap = self._overlap_of(rescan, np.asarray(rescan.labels))["dice_mean"] - dice_input
             values["dice_gap_closed"] = gap_closed(values["dice_mean"], dice_input, gap)
         return values
 

@@ -258,13 +258,13 @@ class SiteRemovalEvaluator(Evaluator):
         C = float(self.C)
         features = np.stack([site_features(case.output, int(self.n_quantiles)) for case in cases])
         repeats = grouped_folds(subjects, int(self.n_splits), int(self.n_repeats), int(self.seed))
-        shares = repeated_shares(features, sites, repeats, C)
-        observed = float(shares.mean())
+        per_repeat = [repeated_shares(features, sites, [folds], C) for folds in repeats]
+        shares = np.mean(per_repeat, axis=0)
         # The permutation test uses the first repeat's folds only, for the observed and every permuted
         # labelling alike (so the statistic is the same function of the labels): the p-value stays valid
         # and costs n_splits fits per permutation instead of n_splits * n_repeats.
         first = repeats[:1]
-        observed_first = float(repeated_shares(features, sites, first, C).mean()) if len(repeats) > 1 else observed
+        observed_first = float(per_repeat[0].mean())
         rng = np.random.default_rng([int(self.seed), 1])
         exceed = 0
         for _ in range(int(self.n_permutations)):

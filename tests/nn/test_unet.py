@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harmbench.nn.runtime import load_module_state, module_state, seeded
-from harmbench.nn.unet import UNet3d, pad_to_multiple
+from harmbench.nn.unet import Conv3d, UNet3d, pad_to_multiple
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 8), (7, 9, 11), (5, 12, 3), (3, 2, 5)])
@@ -79,3 +79,20 @@ def test_bad_parameters_are_named(kwargs, name):
 def test_wrong_rank_is_refused():
     with pytest.raises(ValueError, match=r"\(N, C, D, H, W\)"):
         UNet3d(levels=1)(torch.rand(1, 8, 8, 8))
+
+
+@pytest.mark.parametrize(("channels", "kernel", "shape"), [((1, 8), 3, (20, 24, 22)), ((16, 16), 3, (9, 11, 10)), ((8, 3), 1, (7, 6, 5))])
+def test_inference_convolution_is_the_same_convolution(channels, kernel, shape):
+    # Outside autograd the convolution runs on oneDNN, whatever PyTorch's size heuristic would pick: the same
+    # numbers up to float rounding; with autograd on it is nn.Conv3d itself, bit for bit.
+    generator = torch.Generator().manual_seed(0)
+    conv = Conv3d(*channels, kernel_size=kernel, padding=kernel // 2)
+    plain = torch.nn.Conv3d(*channels, kernel_size=kernel, padding=kernel // 2)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(1, channels[0], *shape, generator=generator)
+    with torch.no_grad():
+        inferred, reference = conv(x), plain(x)
+    assert inferred.shape == reference.shape
+    assert torch.allclose(inferred, reference, atol=1e-5, rtol=1e-5)
+    assert torch.equal(conv(x), plain(x))
+    assert set(conv.state_dict()) == set(plain.state_dict())

@@ -10,6 +10,7 @@ from harmbench_plugins.evaluators import segmentation
 from harmbench_plugins.evaluators.segmentation import (
     GAP_FLOOR,
     SegmentationEvaluator,
+    first_largest,
     gap_closed,
     normalise,
     overlap_scores,
@@ -140,6 +141,28 @@ def test_records_per_scan(setup):
         assert all(0.0 <= v <= 1.0 for v in mine.values())
 
 
+def test_each_distinct_image_is_segmented_once(setup, monkeypatch):
+    # Inputs and rescans are shared by every harmonizer's cell, and identity returns its input: they are segmented
+    # once; an output that differs from its input in one voxel is segmented on its own.
+    ev = SegmentationEvaluator(seed=0, steps=STEPS)
+    ev.prepare(setup.train, setup.target, setup.cache)
+    calls = []
+    predict = SegmentationEvaluator.predict
+    monkeypatch.setattr(SegmentationEvaluator, "predict", lambda self, scan: calls.append(scan.key) or predict(self, scan))
+    cases = setup.cases(setup.cohort.sites[1])
+    first = ev.evaluate(cases)
+    assert len(calls) == 2 * len(cases)  # the input (= the identity output) and the rescan of each case
+    assert ev.evaluate(cases) == first and len(calls) == 2 * len(cases)
+    nudged = []
+    for case in cases:
+        data = case.output.data.copy()
+        index = tuple(np.argwhere(case.output.brain)[0])
+        data[index] *= 2.0
+        nudged.append(dataclasses.replace(case, output=case.output.with_data(data)))
+    ev.evaluate(nudged)
+    assert len(calls) == 3 * len(cases)
+
+
 def test_cache_reload_gives_identical_numbers_without_training(setup, monkeypatch):
     files = list(setup.cache.glob("segmenter-*.npz"))
     assert len(files) == 1
@@ -186,6 +209,16 @@ def test_normalisation_is_the_target_sites_fixed_scale(setup):
     assert np.allclose(normalise(scan.with_data(scan.data * 7.0), scale), 7.0 * x, rtol=1e-5)
     with pytest.raises(DataError, match="intensity scale"):
         site_scale([scan.with_data(np.zeros(scan.shape))])
+
+
+def test_first_largest_is_argmax_with_ties_to_the_first():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 7, 8, generator=generator)
+    logits[1, :2] = logits[0, :2]  # ties between the first two channels
+    logits[2, 3:] = logits[1, 3:].maximum(logits[0, 3:])  # ties with the largest
+    expected = logits.argmax(dim=0)
+    assert torch.equal(first_largest(logits).long(), expected)
+    assert first_largest(logits).dtype == torch.uint8
 
 
 def test_overlap_scores_definition():

@@ -76,6 +76,21 @@ def test_target_variant_is_zero_for_a_perfect_output_and_nan_without_target(tiny
     assert all(math.isnan(v) for k, v in ev.evaluate_scan(EvalCase(scan, scan, None)).items() if k.endswith("_target"))
 
 
+def test_each_distinct_image_is_segmented_once(tiny_cohort, monkeypatch):
+    # inputs and targets are shared by every harmonizer's cell: segmented once per evaluator; a changed image is not
+    calls = []
+    monkeypatch.setattr(volume, "segment", lambda data, brain: calls.append(1) or segment(data, brain))
+    scan, target = _scan(tiny_cohort), _scan(tiny_cohort, site_index=0)
+    evaluator = VolumeEvaluator()
+    first = evaluator.evaluate_scan(EvalCase(input=scan, output=scan, target=target))
+    assert len(calls) == 2  # the input (= this output) and the target
+    assert evaluator.evaluate_scan(EvalCase(input=scan, output=scan, target=target)) == first and len(calls) == 2
+    changed = scan.with_data(np.where(scan.brain, scan.data * 0.5, 0.0).astype(scan.data.dtype))
+    changed.data[tuple(np.argwhere(scan.brain)[0])] += 1.0
+    evaluator.evaluate_scan(EvalCase(input=scan, output=changed, target=target))
+    assert len(calls) == 3
+
+
 def test_ravd_definition():
     assert ravd(110, 100) == pytest.approx(10.0)
     assert ravd(90, 100) == pytest.approx(10.0)
