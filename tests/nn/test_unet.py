@@ -81,7 +81,9 @@ def test_wrong_rank_is_refused():
         UNet3d(levels=1)(torch.rand(1, 8, 8, 8))
 
 
-@pytest.mark.parametrize(("channels", "kernel", "shape"), [((1, 8), 3, (20, 24, 22)), ((16, 16), 3, (9, 11, 10)), ((8, 3), 1, (7, 6, 5))])
+@pytest.mark.parametrize(
+    ("channels", "kernel", "shape"), [((1, 8), 3, (20, 24, 22)), ((16, 16), 3, (9, 11, 10)), ((8, 3), 1, (7, 6, 5))]
+)
 def test_inference_convolution_is_the_same_convolution(channels, kernel, shape):
     # Outside autograd the convolution runs on oneDNN, whatever PyTorch's size heuristic would pick: the same
     # numbers up to float rounding; with autograd on it is nn.Conv3d itself, bit for bit.

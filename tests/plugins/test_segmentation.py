@@ -148,7 +148,9 @@ def test_each_distinct_image_is_segmented_once(setup, monkeypatch):
     ev.prepare(setup.train, setup.target, setup.cache)
     calls = []
     predict = SegmentationEvaluator.predict
-    monkeypatch.setattr(SegmentationEvaluator, "predict", lambda self, scan: calls.append(scan.key) or predict(self, scan))
+    monkeypatch.setattr(
+        SegmentationEvaluator, "predict", lambda self, scan: calls.append(scan.key) or predict(self, scan)
+    )
     cases = setup.cases(setup.cohort.sites[1])
     first = ev.evaluate(cases)
     assert len(calls) == 2 * len(cases)  # the input (= the identity output) and the rescan of each case
