@@ -155,12 +155,7 @@ def measure(device: str = "cpu") -> Iterator[Measurement]:
     yield result
     result.seconds = time.perf_counter() - t0
     # Without a resettable peak the fallback is the lifetime peak; subtracting nothing keeps it an upper bound.
-    # The kernel folds the RSS into VmHWM lazily, so memory freed inside the stage may not have reached it;
-    # what is still resident at the end is read directly, and the peak is never below that.
-    peak = _rss_peak_mb(reset)
-    if reset:
-        peak = max(peak, _rss_mb())
-    result.peak_mem_mb = max(MEMORY_FLOOR_MB, peak - (baseline if math.isfinite(baseline) else 0.0))
+    result.peak_mem_mb = max(MEMORY_FLOOR_MB, _rss_peak_mb(reset) - (baseline if math.isfinite(baseline) else 0.0))
 
 
 def thread_count() -> int:

@@ -6,6 +6,7 @@ Tissue labels follow one convention everywhere: 0 background, 1 CSF, 2 GM, 3 WM.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,16 @@ TISSUES: dict[int, str] = {1: "csf", 2: "gm", 3: "wm"}
 #: Session name of a scan-rescan repeat: the same subject scanned again at the same site (new noise, new
 #: head position). Rescans are the scan-rescan ceiling of the metrics; they never enter training or testing.
 RESCAN_SESSION = "rescan"
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """A hex digest of the arrays' shapes, dtypes and bytes: a key for results computed from image content."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape}:{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, eq=False)

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 
 from harmbench import hookimpl
 from harmbench.api import EvalCase, MetricSpec, PerScanEvaluator, check_number, params_hash
-from harmbench.data.scan import TISSUES, Cohort, Scan
+from harmbench.data.scan import TISSUES, Cohort, Scan, array_digest
 from harmbench.errors import ConfigError, DataError, PluginError
 from harmbench.nn.runtime import (
     autocast,
@@ -394,10 +394,7 @@ class SegmentationEvaluator(PerScanEvaluator):
         harmonizer's cell of a scenario shares its inputs and rescans, a method that returns its input (identity)
         repeats them, and the segmenter is fixed once prepared."""
         self._prepared_model()
-        digest = hashlib.sha256(np.ascontiguousarray(scan.data).tobytes())
-        digest.update(np.ascontiguousarray(scan.brain).tobytes())
-        digest.update(np.ascontiguousarray(truth).tobytes())
-        key = f"{scan.key}:{digest.hexdigest()[:16]}"
+        key = f"{scan.key}:{array_digest(scan.data, scan.brain, truth)}"
         if key not in self._overlaps:
             self._overlaps[key] = overlap_scores(self.predict(scan), truth)
         return dict(self._overlaps[key])

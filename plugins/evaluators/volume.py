@@ -33,14 +33,13 @@ A zero reference volume gives NaN.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
 
 from harmbench import hookimpl
 from harmbench.api import EvalCase, MetricSpec, PerScanEvaluator
-from harmbench.data.scan import TISSUES
+from harmbench.data.scan import TISSUES, array_digest
 
 from ._tissue import segment, tissue_volumes
 
@@ -110,10 +109,7 @@ class VolumeEvaluator(PerScanEvaluator):
     def _segmented_volumes(self, data: np.ndarray, brain: np.ndarray) -> dict[int, int]:
         """Tissue volumes of one image, remembered by content: every harmonizer's cell of a scenario shares its
         inputs and targets, and identity returns its input (the segmenter is a fixed function of the image)."""
-        digest = hashlib.sha256(np.ascontiguousarray(data).tobytes())
-        digest.update(str(np.asarray(data).dtype).encode())
-        digest.update(np.ascontiguousarray(brain).tobytes())
-        key = f"{np.shape(data)}:{digest.hexdigest()}"
+        key = array_digest(data, brain)
         memo: dict[str, dict[int, int]] = self.__dict__.setdefault("_volumes", {})
         if key not in memo:
             memo[key] = tissue_volumes(segment(data, brain))
