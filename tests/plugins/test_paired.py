@@ -105,3 +105,25 @@ def test_registered_and_declared():
     assert ev.metric("psnr").unit == "dB" and ev.metric("ssim").ideal == 1.0
     assert all(m.higher_is_better for m in ev.metrics)
     assert ev.metric("ssim").axis == "fidelity" and ev.metric("psnr").axis is None
+
+
+def test_each_target_is_prepared_once_with_the_same_figures(tiny_cohort, monkeypatch):
+    # every harmonizer's cell scores against the same target scans: their normalisation and local moments
+    # are remembered by content, and the figures are exactly those of the plain functions
+    a, t = _pair(tiny_cohort)
+    other = tiny_cohort.find(tiny_cohort.subjects[0], tiny_cohort.sites[0])
+    calls = []
+    real = paired.local_moments
+    monkeypatch.setattr(paired, "local_moments", lambda img, *args: calls.append(1) or real(img, *args))
+    ev = PairedEvaluator()
+    outputs = [a, _noisy(a, 5.0, seed=1), a.with_data(a.data * 2.0)]
+    values = [ev.evaluate_scan(EvalCase(input=a, output=out, target=t)) for out in outputs]
+    assert len(calls) == 1 + len(outputs)  # the target once, each output once
+    for out, got in zip(outputs, values, strict=True):
+        x = paired.normalise(out.data, paired.own_scale(out.data, out.brain))
+        y = paired.normalise(t.data, paired.own_scale(t.data, t.brain))
+        region = out.brain | t.brain
+        assert got == {"psnr": paired.psnr(x, y, region), "ssim": paired.ssim(x, y, region)}
+    before = len(calls)
+    ev.evaluate_scan(EvalCase(input=a, output=a, target=other))
+    assert len(calls) == before + 2  # a new target, then the output
