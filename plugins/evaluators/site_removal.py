@@ -101,11 +101,38 @@ def texture_features(scan: Scan) -> np.ndarray:
     inner = ndimage.binary_erosion(brain)
     if not inner.any():
         inner = brain
-    gradient = np.sqrt(sum(g * g for g in np.gradient(data)))
     residual = data - ndimage.uniform_filter(data, size=3, mode="nearest")
     r = residual[inner]
     noise = MAD_TO_SD * float(np.median(np.abs(r - np.median(r))))
-    return np.concatenate([np.quantile(gradient[inner], GRADIENT_LEVELS), [noise]])
+    return np.concatenate([np.quantile(gradient_magnitude(data, inner), GRADIENT_LEVELS), [noise]])
+
+
+def gradient_magnitude(data: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``|∇data|`` by central differences (``np.gradient``'s, unit spacing) at the voxels of ``where``, flat.
+
+    Computed on the bounding box of ``where`` only, with ``np.gradient``'s formula and summation order, so the
+    values are bit-identical to ``np.sqrt(sum(g * g for g in np.gradient(data)))[where]`` for less work; where
+    the box reaches the volume's edge (one-sided differences there) the whole volume is differentiated.
+    """
+    idx = np.nonzero(where)
+    if not idx[0].size:
+        return np.empty(0, dtype=np.result_type(data.dtype, np.float64))
+    lo = [int(i.min()) for i in idx]
+    hi = [int(i.max()) + 1 for i in idx]
+    if any(a < 1 or b > n - 1 for a, b, n in zip(lo, hi, data.shape, strict=True)):
+        return np.sqrt(sum(g * g for g in np.gradient(data)))[where]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    total: np.ndarray | int = 0
+    for axis in range(data.ndim):
+        after = tuple(
+            slice(a + 1, b + 1) if k == axis else slice(a, b) for k, (a, b) in enumerate(zip(lo, hi, strict=True))
+        )
+        before = tuple(
+            slice(a - 1, b - 1) if k == axis else slice(a, b) for k, (a, b) in enumerate(zip(lo, hi, strict=True))
+        )
+        g = (data[after] - data[before]) / 2.0
+        total = total + g * g
+    return np.sqrt(total)[where[box]]
 
 
 def site_features(scan: Scan, n_quantiles: int = 21) -> np.ndarray:
