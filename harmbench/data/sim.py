@@ -40,11 +40,9 @@ subjects are simulated, nor on which other sites are in the table.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import math
-import os
 import re
 import tomllib
 import zlib
@@ -59,6 +57,7 @@ from scipy import ndimage
 
 from harmbench.data.scan import RESCAN_SESSION, Cohort, Scan
 from harmbench.errors import ConfigError
+from harmbench.parallel import thread_map
 from harmbench.progress import progress as progress_bar
 
 __all__ = [
@@ -1131,11 +1130,11 @@ def simulate_cohort(
     20–80) and ``sex`` (0/1), the same at every site. ``progress=False`` silences
     the progress bar (see `harmbench.progress`).
 
-    ``workers``: threads that simulate subjects side by side (default `default_workers`; 1 = one after
-    the other). Subjects are independent (each draws from its own seed sequence and nothing shared is
-    written), so the cohort is the same, array for array, whatever the number of workers. Threads, not
-    processes: the FFTs, filters and array arithmetic release the GIL (two threads: 1.57× faster on two
-    cores), and a library call must not re-import the caller's main module as spawned processes would.
+    ``workers``: threads that simulate subjects side by side (default: `harmbench.parallel.worker_count`,
+    the thread budget; 1 = one after the other). Subjects are independent (each draws from its own seed
+    sequence and nothing shared is written), so the cohort is the same, array for array, whatever the
+    number of workers; the FFTs, filters and array arithmetic release the GIL (two threads: 1.57× faster
+    on two cores).
     """
     prof = _profile(profile)
     n = prof.n_subjects if n_subjects is None else int(n_subjects)
@@ -1145,9 +1144,6 @@ def simulate_cohort(
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     v, site_list = _resolve(profile, sites, voxel_mm)
     rescans = _rescan_names(rescan_sites, site_list)
-    n_workers = min(n, default_workers(n) if workers is None else workers)
-    scans: list[Scan] = []
-    label = f"{COHORT_NAME} ({profile}, {v:g} mm)"
     subject = functools.partial(
         _simulate_subject,
         site_list=site_list,
@@ -1157,25 +1153,13 @@ def simulate_cohort(
         rescans=rescans,
         variation=anatomy_variation,
     )
-    if n_workers == 1:
-        for index in progress_bar(range(n), enabled=progress, desc=label, unit="subject"):
-            scans.extend(subject(index))
-        return Cohort(scans, name=COHORT_NAME)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=n_workers) as pool:
-        for subject_scans in progress_bar(
-            pool.map(subject, range(n)), enabled=progress, total=n, desc=label, unit="subject"
-        ):
-            scans.extend(subject_scans)
+    scans: list[Scan] = []
+    subjects = thread_map(subject, range(n), workers=workers)
+    for subject_scans in progress_bar(
+        subjects, enabled=progress, total=n, desc=f"{COHORT_NAME} ({profile}, {v:g} mm)", unit="subject"
+    ):
+        scans.extend(subject_scans)
     return Cohort(scans, name=COHORT_NAME)
-
-
-def default_workers(n_subjects: int) -> int:
-    """Threads `simulate_cohort` uses by default: the thread budget (`harmbench.timing.thread_count`, i.e.
-    ``HARMBENCH_TORCH_THREADS`` or 2), at most the cores this process may run on and one per subject."""
-    from harmbench.timing import thread_count
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(thread_count(), cores, n_subjects))
 
 
 # Read last: parsing the table validates each site with the signal equations above.

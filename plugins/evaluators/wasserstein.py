@@ -93,6 +93,8 @@ class WassersteinEvaluator(PerScanEvaluator):
         ),
     )
 
+    thread_safe = True  # sorting and array arithmetic, no state
+
     def __init__(self) -> None:
         pass
 

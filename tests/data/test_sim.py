@@ -161,13 +161,6 @@ def test_the_cohort_does_not_depend_on_the_number_of_workers(cohort, workers):
         assert a.covariates == b.covariates and a.source == b.source
 
 
-def test_default_workers_follow_the_thread_budget(monkeypatch):
-    monkeypatch.setenv("HARMBENCH_TORCH_THREADS", "1")
-    assert sim.default_workers(64) == 1
-    monkeypatch.setenv("HARMBENCH_TORCH_THREADS", "64")
-    assert 1 <= sim.default_workers(3) <= 3
-
-
 def test_atrophy_grows_csf_with_age():
     scans = [sim.simulate_subject(i, sites=sim.default_sites()[:1], voxel_mm=4.0)[0] for i in range(6)]
     ages = np.array([s.covariates["age"] for s in scans])
