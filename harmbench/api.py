@@ -179,6 +179,12 @@ class Harmonizer(_Parametrised, ABC):
     #: Folder the runner gives a fit for its own training checkpoints (None: do not checkpoint). A long fit
     #: killed part-way resumes from there, since the runner's model cache is written only after ``fit``.
     checkpoint_dir: Path | None = None
+    #: Folder the runner shares between every configuration of this plugin fitted in one protocol context
+    #: (dataset, split, target) on one device kind (None: share nothing): for an intermediate result that
+    #: several configurations compute identically, such as a pre-training stage that only later parameters
+    #: change. Key each entry on everything it depends on (parameters, seed, data, threads); the runner
+    #: never clears it.
+    shared_dir: Path | None = None
 
     @abstractmethod
     def fit(

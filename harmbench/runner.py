@@ -562,6 +562,8 @@ class Runner:
         # a target-only method sees no source scan, so it may have every target-site training scan
         train = data.train if h_cls.meta.needs_source_sites else data.target_only_train()
         harmonizer.checkpoint_dir = model_dir / "checkpoint"
+        shared_key = _hash(self.context_id, component.plugin, h_cls.meta.version, device)
+        harmonizer.shared_dir = self.out_dir / "cache" / "shared" / f"{component.plugin}-{shared_key}"
         rng = np.random.default_rng(seed)
         with (
             time_limit(self.suite.cell_timeout_s, f"fit of {component.label}"),

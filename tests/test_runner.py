@@ -149,10 +149,28 @@ class TargetOnlyRecorder(_Base):
         return self
 
 
+class SharedDirRecorder(_Base):
+    """Records the ``shared_dir`` the runner gives each fit, per configuration."""
+
+    meta = Meta(name="shared-dir-recorder", version="0", citation="-")
+    seen: ClassVar[dict] = {}
+
+    def __init__(self, stage2: int = 0):
+        self.stage2 = stage2
+
+    def fit(self, train, target_site, reference=None, *, rng=None):
+        type(self).seen[self.stage2] = self.shared_dir
+        return super().fit(train, target_site, reference, rng=rng)
+
+    def transform(self, scan, reference=None):
+        return scan
+
+
 class TestPlugin:
     @hookimpl
     def harmbench_register_harmonizers(self):
         return [
+            SharedDirRecorder,
             Raises,
             ReturnsNaN,
             WrongShape,
@@ -471,3 +489,20 @@ def test_target_only_methods_get_every_target_site_training_scan_and_provenance_
         cell.unlink()
     again = read_parquet(Runner(suite, tmp_path, registry=registry, progress=False).run().results_path)
     assert set(again.loc[again["harmonizer"] == "target-only-recorder", "n_train"]) == {float(len(expected))}
+
+
+def test_configurations_of_one_plugin_share_one_folder_that_others_do_not(tmp_path, registry):
+    # Harmonizer.shared_dir: for a stage that several configurations compute identically (hail's stage 1)
+    suite = tiny_suite(evaluators=("wasserstein",)).replace(
+        harmonizers=(
+            Component("one", "shared-dir-recorder", {"stage2": 1}),
+            Component("two", "shared-dir-recorder", {"stage2": 2}),
+            Component("counting", "counting"),
+        )
+    )
+    Runner(suite, tmp_path, registry=registry, progress=False).run()
+    one, two = SharedDirRecorder.seen[1], SharedDirRecorder.seen[2]
+    assert one == two and one.parent == tmp_path / "cache" / "shared" and one.name.startswith("shared-dir-recorder-")
+    other = Runner(suite.replace(target_site="ge-3t-spgr"), tmp_path / "other", registry=registry, progress=False)
+    other.run()
+    assert SharedDirRecorder.seen[1].name != one.name  # another protocol context, another folder

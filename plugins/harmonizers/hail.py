@@ -82,6 +82,11 @@ Departures from the paper, and why:
 * **Loss form.** The consistency loss is an L1 distance on brain voxels in the normalised intensity
   scale; the paper gives no formula.
 
+Stage 1 once: with the runner's ``shared_dir`` (`harmbench.api.Harmonizer.shared_dir`), stage 1's networks
+and sampling generator are saved under a key of every stage-1 parameter, the seed, the data, the device
+kind, torch's version and thread count, and a configuration that differs only in stage-2 parameters loads
+them instead of pre-training again; its fit is bit-identical to one that pre-trained (tested).
+
 Determinism: weights are initialised, and pairs and patches drawn, from a seed taken from the ``rng``
 given to ``fit`` (`harmbench.nn.runtime.seed_from`, ``seeded``), with torch's deterministic algorithms on.
 Two fits in different processes on one machine give bit-identical outputs; a different torch thread count
@@ -95,6 +100,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,10 +108,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from harmbench import hookimpl
-from harmbench.api import Harmonizer, Meta, check_number
-from harmbench.data.scan import Cohort, Scan
+from harmbench.api import Harmonizer, Meta, check_number, params_hash
+from harmbench.data.scan import Cohort, Scan, array_digest
 from harmbench.errors import ConfigError, DataError, PluginError
 from harmbench.nn.blocks import ConvBlock3d, UpBlock3d, adain, downsample_mask, mean_std, style_loss
+from harmbench.nn.checkpoint import TrainingCheckpoint
 from harmbench.nn.runtime import (
     autocast,
     deterministic,
@@ -352,7 +359,11 @@ class HAILHarmonizer(Harmonizer):
             encoder, decoder = self._networks(device)
             volumes, masks = self._training_tensors(train, device)
             sites = [s.site for s in train]
-            self._pretrain(encoder, decoder, volumes, masks, generator, device)
+            stage1 = TrainingCheckpoint(self._stage1_dir(seed, volumes, masks, device), tag="hail stage 1")
+            objects = {"encoder": encoder, "decoder": decoder}
+            if stage1.restore(objects, generator) != int(self.pretrain_steps):
+                self._pretrain(encoder, decoder, volumes, masks, generator, device)
+                stage1.save(int(self.pretrain_steps), objects, generator)
             self._style_train(encoder, decoder, volumes, masks, sites, generator, device)
         self.encoder_, self.decoder_ = encoder.eval(), decoder.eval()
         self.device_ = device
@@ -360,6 +371,26 @@ class HAILHarmonizer(Harmonizer):
         self._style_cache: tuple[str, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self.fitted_ = True
         return self
+
+    def _stage1_dir(self, seed: int, volumes: torch.Tensor, masks: torch.Tensor, device: torch.device) -> Path | None:
+        """Where stage 1's result is shared with other configurations (``shared_dir``), keyed on everything it
+        depends on: configurations that differ only in stage-2 parameters (``hail`` and
+        ``hail-no-consistency``) pre-train once. None without a ``shared_dir``."""
+        if self.shared_dir is None:
+            return None
+        stage1_params = ("channels", "levels", "pretrain_patch_size", "batch_size", "pretrain_steps", "learning_rate")
+        key = params_hash(
+            {
+                "version": self.meta.version,
+                "params": {name: getattr(self, name) for name in stage1_params},
+                "seed": int(seed),
+                "device": device.type,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "data": array_digest(volumes.detach().cpu().contiguous().numpy(), masks.detach().cpu().numpy()),
+            }
+        )
+        return Path(self.shared_dir) / f"stage1-{key}"
 
     def _training_tensors(self, train: Cohort, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         vols, masks = [], []

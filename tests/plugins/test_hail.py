@@ -151,3 +151,29 @@ def test_registered():
     assert hail.harmbench_register_harmonizers() == [HAILHarmonizer]
     meta = HAILHarmonizer.meta
     assert meta.name == "hail" and meta.uses_reference and meta.handles_unseen_sites and "cuda" in meta.devices
+
+
+def test_stage_one_is_shared_between_configurations_bit_for_bit(tiny_split, tmp_path, monkeypatch):
+    # hail and hail-no-consistency differ only in stage 2: with a shared_dir the second pre-trains no more,
+    # and every weight equals a fit that pre-trained itself
+    train, target, reference, _ = tiny_split
+    pretrained = []
+    real = HAILHarmonizer._pretrain
+    monkeypatch.setattr(HAILHarmonizer, "_pretrain", lambda self, *a: pretrained.append(1) or real(self, *a))
+
+    def fit(shared, **params):
+        h = HAILHarmonizer(**{**TINY, **params})
+        h.shared_dir = shared
+        return h.fit(train, target, reference, rng=np.random.default_rng(5))
+
+    fit(tmp_path, consistency_weight=20.0)
+    assert len(pretrained) == 1 and len(list(tmp_path.glob("stage1-*/training.pt"))) == 1
+    shared = fit(tmp_path, consistency_weight=0.0)
+    assert len(pretrained) == 1  # loaded, not trained
+    alone = fit(None, consistency_weight=0.0)
+    assert len(pretrained) == 2
+    for key, value in alone.get_state().items():
+        np.testing.assert_array_equal(shared.get_state()[key], value, err_msg=key)
+    # a stage-1 parameter changes the key: pre-trained again
+    fit(tmp_path, consistency_weight=0.0, pretrain_steps=TINY["pretrain_steps"] + 1)
+    assert len(pretrained) == 3 and len(list(tmp_path.glob("stage1-*"))) == 2
