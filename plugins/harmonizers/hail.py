@@ -361,9 +361,12 @@ class HAILHarmonizer(Harmonizer):
             sites = [s.site for s in train]
             stage1 = TrainingCheckpoint(self._stage1_dir(seed, volumes, masks, device), tag="hail stage 1")
             objects = {"encoder": encoder, "decoder": decoder}
-            if stage1.restore(objects, generator) != int(self.pretrain_steps):
+            steps = int(self.pretrain_steps)
+            if steps > 0 and stage1.restore(objects, generator) == steps:
+                log.info("hail: stage 1 loaded from %s (trained by a configuration with the same stage 1)", stage1.path)
+            else:
                 self._pretrain(encoder, decoder, volumes, masks, generator, device)
-                stage1.save(int(self.pretrain_steps), objects, generator)
+                stage1.save(steps, objects, generator)
             self._style_train(encoder, decoder, volumes, masks, sites, generator, device)
         self.encoder_, self.decoder_ = encoder.eval(), decoder.eval()
         self.device_ = device
