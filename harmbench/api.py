@@ -24,7 +24,6 @@ import numpy as np
 
 from harmbench.data.scan import Cohort, Scan
 from harmbench.errors import ConfigError, NotFittedError, PluginError
-from harmbench.parallel import thread_map
 from harmbench.results import atomic_path, atomic_write_text
 
 __all__ = [
@@ -359,20 +358,14 @@ class Evaluator(_Parametrised, ABC):
 class PerScanEvaluator(Evaluator):
     """An evaluator whose metrics are computed one scan at a time."""
 
-    #: ``evaluate_scan`` may run for several cases at once on threads (`harmbench.parallel.thread_map`, the
-    #: thread budget): set it where the work is array code that releases the GIL (NumPy, SciPy) and the
-    #: method writes no state but content-keyed results. Leave it False for a method that runs its own
-    #: threads (a torch model), or that keeps state between cases.
-    thread_safe: ClassVar[bool] = False
-
     @abstractmethod
     def evaluate_scan(self, case: EvalCase) -> dict[str, float]:
         """Metric name → value for one case (NaN where undefined)."""
 
     def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
         records = []
-        per_case = thread_map(self.evaluate_scan, cases, workers=None if self.thread_safe else 1)
-        for case, values in zip(cases, per_case, strict=True):
+        for case in cases:
+            values = self.evaluate_scan(case)
             for spec in self.metrics:
                 value = values.get(spec.name, math.nan)
                 records.append(

@@ -57,7 +57,6 @@ from scipy import ndimage
 
 from harmbench.data.scan import RESCAN_SESSION, Cohort, Scan
 from harmbench.errors import ConfigError
-from harmbench.parallel import thread_map
 from harmbench.progress import progress as progress_bar
 
 __all__ = [
@@ -1118,7 +1117,6 @@ def simulate_cohort(
     atrophy: bool = True,
     anatomy_variation: bool = True,
     rescan_sites: Sequence[str] | str | None = None,
-    workers: int | None = None,
 ) -> Cohort:
     """The traveling-subject cohort ``harmbench-sim``: every subject scanned at every site, plus rescans.
 
@@ -1129,36 +1127,17 @@ def simulate_cohort(
     built-in default target site (when simulated). Covariates: ``age`` (years,
     20–80) and ``sex`` (0/1), the same at every site. ``progress=False`` silences
     the progress bar (see `harmbench.progress`).
-
-    ``workers``: threads that simulate subjects side by side (default: `harmbench.parallel.worker_count`,
-    the thread budget; 1 = one after the other). Subjects are independent (each draws from its own seed
-    sequence and nothing shared is written), so the cohort is the same, array for array, whatever the
-    number of workers; the FFTs, filters and array arithmetic release the GIL (two threads: 1.57× faster
-    on two cores).
     """
     prof = _profile(profile)
     n = prof.n_subjects if n_subjects is None else int(n_subjects)
     if n < 1:
         raise ConfigError(f"n_subjects must be at least 1, got {n_subjects!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     v, site_list = _resolve(profile, sites, voxel_mm)
     rescans = _rescan_names(rescan_sites, site_list)
-    subject = functools.partial(
-        _simulate_subject,
-        site_list=site_list,
-        seed=seed,
-        v=v,
-        atrophy=atrophy,
-        rescans=rescans,
-        variation=anatomy_variation,
-    )
     scans: list[Scan] = []
-    subjects = thread_map(subject, range(n), workers=workers)
-    for subject_scans in progress_bar(
-        subjects, enabled=progress, total=n, desc=f"{COHORT_NAME} ({profile}, {v:g} mm)", unit="subject"
-    ):
-        scans.extend(subject_scans)
+    bar = progress_bar(range(n), enabled=progress, desc=f"{COHORT_NAME} ({profile}, {v:g} mm)", unit="subject")
+    for index in bar:
+        scans.extend(_simulate_subject(index, site_list, seed, v, atrophy, rescans, anatomy_variation))
     return Cohort(scans, name=COHORT_NAME)
 
 

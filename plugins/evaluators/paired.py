@@ -39,7 +39,6 @@ it scores what it looks like. Both are NaN when the case has no target (no trave
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -59,8 +58,6 @@ K1, K2 = 0.01, 0.03
 MSE_FLOOR = (1.0 / 4096.0) ** 2
 #: PSNR of identical images, ``10 log10(1 / MSE_FLOOR)`` ≈ 72.2 dB; an infinite value would poison every mean.
 PSNR_MAX_DB = 10.0 * math.log10(1.0 / MSE_FLOOR)
-#: Guards `PairedEvaluator`'s target memo when cases run on several threads.
-_TARGET_LOCK = threading.Lock()
 
 
 def normalise(data: np.ndarray, scale: float) -> np.ndarray:
@@ -145,8 +142,6 @@ class PairedEvaluator(PerScanEvaluator):
         ),
     )
 
-    thread_safe = True  # NumPy/SciPy work; the only state is the content-keyed target memo
-
     def __init__(self) -> None:
         pass
 
@@ -155,12 +150,10 @@ class PairedEvaluator(PerScanEvaluator):
         cell of a scenario scores against the same target scans (about 7 MB per target, float64)."""
         memo: dict[str, tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = self.__dict__.setdefault("_targets", {})
         key = array_digest(target.data, target.brain)
-        # one thread computes a target while the others that need it wait (cases of one subject are adjacent)
-        with _TARGET_LOCK:
-            if key not in memo:
-                y = normalise(target.data, own_scale(target.data, target.brain))
-                memo[key] = (y, local_moments(y))
-            return memo[key]
+        if key not in memo:
+            y = normalise(target.data, own_scale(target.data, target.brain))
+            memo[key] = (y, local_moments(y))
+        return memo[key]
 
     def evaluate_scan(self, case: EvalCase) -> dict[str, float]:
         target, pred = case.target, case.output

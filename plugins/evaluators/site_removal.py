@@ -76,7 +76,6 @@ from harmbench import hookimpl
 from harmbench.api import EvalCase, Evaluator, MetricSpec, check_number
 from harmbench.data.scan import Scan
 from harmbench.errors import DataError
-from harmbench.parallel import thread_map
 
 #: Lowest and highest quantile level of the intensity features.
 QUANTILE_RANGE = (0.01, 0.99)
@@ -284,8 +283,7 @@ class SiteRemovalEvaluator(Evaluator):
                 "grouped by subject needs at least 2"
             )
         C = float(self.C)
-        n_quantiles = int(self.n_quantiles)
-        features = np.stack(list(thread_map(lambda case: site_features(case.output, n_quantiles), cases)))
+        features = np.stack([site_features(case.output, int(self.n_quantiles)) for case in cases])
         repeats = grouped_folds(subjects, int(self.n_splits), int(self.n_repeats), int(self.seed))
         per_repeat = [repeated_shares(features, sites, [folds], C) for folds in repeats]
         shares = np.mean(per_repeat, axis=0)

@@ -93,8 +93,6 @@ class WassersteinEvaluator(PerScanEvaluator):
         ),
     )
 
-    thread_safe = True  # sorting and array arithmetic, no state
-
     def __init__(self) -> None:
         pass
 

@@ -149,18 +149,6 @@ def test_subset_of_subjects_gives_the_same_scans(cohort):
     np.testing.assert_array_equal(alone[0].data, cohort.find("sub-003", alone[0].site).data)
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_the_cohort_does_not_depend_on_the_number_of_workers(cohort, workers):
-    # the fixture used the default (the thread budget); one thread, and one per subject, give the same arrays
-    other = sim.simulate_cohort("quick", seed=0, n_subjects=3, voxel_mm=V, workers=workers)
-    assert [s.key for s in other] == [s.key for s in cohort]
-    for a, b in zip(other, cohort, strict=True):
-        np.testing.assert_array_equal(a.data, b.data)
-        np.testing.assert_array_equal(a.labels, b.labels)
-        np.testing.assert_array_equal(a.mask, b.mask)
-        assert a.covariates == b.covariates and a.source == b.source
-
-
 def test_atrophy_grows_csf_with_age():
     scans = [sim.simulate_subject(i, sites=sim.default_sites()[:1], voxel_mm=4.0)[0] for i in range(6)]
     ages = np.array([s.covariates["age"] for s in scans])
@@ -287,9 +275,6 @@ def test_bad_arguments():
         sim.simulate_cohort("huge")
     with pytest.raises(ConfigError, match="n_subjects"):
         sim.simulate_cohort("quick", n_subjects=0, voxel_mm=V)
-    for workers in (0, 1.5, True):
-        with pytest.raises(ConfigError, match="workers"):
-            sim.simulate_cohort("quick", n_subjects=2, voxel_mm=V, workers=workers)
 
 
 def test_dataset_plugin(tmp_path):
