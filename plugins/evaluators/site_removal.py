@@ -124,12 +124,10 @@ def gradient_magnitude(data: np.ndarray, where: np.ndarray) -> np.ndarray:
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     total: np.ndarray | int = 0
     for axis in range(data.ndim):
-        after = tuple(
-            slice(a + 1, b + 1) if k == axis else slice(a, b) for k, (a, b) in enumerate(zip(lo, hi, strict=True))
-        )
-        before = tuple(
-            slice(a - 1, b - 1) if k == axis else slice(a, b) for k, (a, b) in enumerate(zip(lo, hi, strict=True))
-        )
+        after, before = list(box), list(box)
+        after[axis] = slice(lo[axis] + 1, hi[axis] + 1)
+        before[axis] = slice(lo[axis] - 1, hi[axis] - 1)
+        after, before = tuple(after), tuple(before)
         g = (data[after] - data[before]) / 2.0
         total = total + g * g
     return np.sqrt(total)[where[box]]
