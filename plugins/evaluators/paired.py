@@ -39,14 +39,18 @@ it scores what it looks like. Both are NaN when the case has no target (no trave
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from joblib import delayed
 from scipy.ndimage import gaussian_filter
 
 from harmbench import hookimpl
 from harmbench.api import EvalCase, MetricSpec, PerScanEvaluator
 from harmbench.data.scan import Scan, array_digest
 from harmbench.errors import DataError
+from harmbench.parallel import check_jobs, effective_jobs, worker_pool
 
 SCALE_PERCENTILE = 99.0
 SIGMA = 1.5
@@ -142,8 +146,8 @@ class PairedEvaluator(PerScanEvaluator):
         ),
     )
 
-    def __init__(self) -> None:
-        pass
+    def __init__(self, n_jobs: int | None = None) -> None:
+        self.n_jobs = n_jobs
 
     def _target_side(self, target: Scan) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """The target normalised, with its local moments; remembered by content, since every harmonizer's
@@ -151,24 +155,83 @@ class PairedEvaluator(PerScanEvaluator):
         memo: dict[str, tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = self.__dict__.setdefault("_targets", {})
         key = array_digest(target.data, target.brain)
         if key not in memo:
-            y = normalise(target.data, own_scale(target.data, target.brain))
-            memo[key] = (y, local_moments(y))
+            memo[key] = _target_side(target.data, target.brain)
         return memo[key]
+
+    def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
+        check_jobs(self.name, self.n_jobs)
+        for case in cases:
+            _check_shapes(case)
+        # With worker processes, the cases go out in groups that share a target scan: each worker works out its
+        # target's side once per group (in-process the memo of `_target_side` keeps it for the whole run).
+        groups: dict[str, list[int]] = {}
+        for i, case in enumerate(cases):
+            if case.target is not None:
+                groups.setdefault(array_digest(case.target.data, case.target.brain), []).append(i)
+        if effective_jobs(self.n_jobs, len(groups)) == 1:
+            return super().evaluate(cases)
+        members = list(groups.values())
+        scored = worker_pool(self.n_jobs, len(members))(
+            delayed(_score_against)(
+                cases[idx[0]].target.data,
+                cases[idx[0]].target.brain,
+                [(cases[i].output.data, cases[i].output.brain) for i in idx],
+            )
+            for idx in members
+        )
+        values: list[dict[str, float]] = [{"psnr": math.nan, "ssim": math.nan} for _ in cases]
+        for idx, group in zip(members, scored, strict=True):
+            for i, v in zip(idx, group, strict=True):
+                values[i] = v
+        return [
+            {"subject": case.input.subject, "site": case.input.site, "metric": spec.name, "value": float(v[spec.name])}
+            for case, v in zip(cases, values, strict=True)
+            for spec in self.metrics
+        ]
 
     def evaluate_scan(self, case: EvalCase) -> dict[str, float]:
         target, pred = case.target, case.output
         if target is None:
             return {"psnr": math.nan, "ssim": math.nan}
-        if target.shape != pred.shape:
-            raise DataError(
-                f"paired: prediction for {case.input.describe()} has shape {pred.shape} but its target "
-                f"{target.describe()} has {target.shape}; paired metrics need co-registered scans"
-            )
-        region = pred.brain | target.brain
-        x = normalise(pred.data, own_scale(pred.data, pred.brain))
+        _check_shapes(case)
         y, y_moments = self._target_side(target)
-        similarity = _ssim_from_moments(x, local_moments(x), y, y_moments, region=region)
-        return {"psnr": psnr(x, y, region), "ssim": float(np.mean(similarity))}
+        return _scores(pred.data, pred.brain, target.brain, y, y_moments)
+
+
+def _check_shapes(case: EvalCase) -> None:
+    target, pred = case.target, case.output
+    if target is not None and target.shape != pred.shape:
+        raise DataError(
+            f"paired: prediction for {case.input.describe()} has shape {pred.shape} but its target "
+            f"{target.describe()} has {target.shape}; paired metrics need co-registered scans"
+        )
+
+
+def _target_side(data: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    y = normalise(data, own_scale(data, brain))
+    return y, local_moments(y)
+
+
+def _scores(
+    pred: np.ndarray,
+    pred_brain: np.ndarray,
+    target_brain: np.ndarray,
+    y: np.ndarray,
+    y_moments: tuple[np.ndarray, np.ndarray],
+) -> dict[str, float]:
+    """PSNR and SSIM of one prediction against a target's normalised image ``y`` and its local moments."""
+    region = pred_brain | target_brain
+    x = normalise(pred, own_scale(pred, pred_brain))
+    similarity = _ssim_from_moments(x, local_moments(x), y, y_moments, region=region)
+    return {"psnr": psnr(x, y, region), "ssim": float(np.mean(similarity))}
+
+
+def _score_against(
+    target: np.ndarray, target_brain: np.ndarray, predictions: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> list[dict[str, float]]:
+    """`_scores` of each (data, brain) prediction against one target scan (a worker's task)."""
+    y, y_moments = _target_side(target, target_brain)
+    return [_scores(data, brain, target_brain, y, y_moments) for data, brain in predictions]
 
 
 @hookimpl

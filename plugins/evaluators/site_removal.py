@@ -63,10 +63,12 @@ Needs at least two source sites and two subjects; fewer is an error that says so
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from joblib import delayed
 from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -76,6 +78,7 @@ from harmbench import hookimpl
 from harmbench.api import EvalCase, Evaluator, MetricSpec, check_number
 from harmbench.data.scan import Scan
 from harmbench.errors import DataError
+from harmbench.parallel import check_jobs, worker_pool
 
 #: Lowest and highest quantile level of the intensity features.
 QUANTILE_RANGE = (0.01, 0.99)
@@ -212,8 +215,11 @@ class SiteRemovalEvaluator(Evaluator):
     (lower is better; chance = a perfect harmonization), with a permutation p-value.
 
     Parameters: ``n_quantiles`` (intensity quantiles per scan, ≥ 2), ``C`` (inverse L2 strength of the
-    logistic regression), ``n_splits`` (folds, ≥ 2), ``n_repeats`` (≥ 1), ``n_permutations`` (≥ 1) and
-    ``seed`` (fold shuffles and permutations). Read beside anatomy metrics: see the module docstring.
+    logistic regression), ``n_splits`` (folds, ≥ 2), ``n_repeats`` (≥ 1), ``n_permutations`` (≥ 1),
+    ``seed`` (fold shuffles and permutations) and ``n_jobs`` (worker processes for the features and the
+    classifier fits, `harmbench.parallel.worker_pool`; None: the run's thread budget). The scores do not
+    depend on ``n_jobs``: every fit and every feature is the same computation wherever it runs, and the
+    results are gathered in order. Read beside anatomy metrics: see the module docstring.
     """
 
     name = "site_removal"
@@ -249,6 +255,7 @@ class SiteRemovalEvaluator(Evaluator):
         n_repeats: int = 5,
         n_permutations: int = 50,
         seed: int = 0,
+        n_jobs: int | None = None,
     ) -> None:
         self.n_quantiles = n_quantiles
         self.C = C
@@ -256,6 +263,7 @@ class SiteRemovalEvaluator(Evaluator):
         self.n_repeats = n_repeats
         self.n_permutations = n_permutations
         self.seed = seed
+        self.n_jobs = n_jobs
 
     def _validate(self) -> None:
         check_number(self.name, "n_quantiles", self.n_quantiles, integer=True, minimum=2)
@@ -264,6 +272,7 @@ class SiteRemovalEvaluator(Evaluator):
         check_number(self.name, "n_repeats", self.n_repeats, integer=True, minimum=1)
         check_number(self.name, "n_permutations", self.n_permutations, integer=True, minimum=1)
         check_number(self.name, "seed", self.seed, integer=True, minimum=0)
+        check_jobs(self.name, self.n_jobs)
 
     def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
         self._validate()
@@ -281,21 +290,28 @@ class SiteRemovalEvaluator(Evaluator):
                 "grouped by subject needs at least 2"
             )
         C = float(self.C)
-        features = np.stack([site_features(case.output, int(self.n_quantiles)) for case in cases])
+        # the labels stay behind: a worker gets only what the features read
+        outputs = [dataclasses.replace(case.output, labels=None) for case in cases]
+        features = np.stack(
+            worker_pool(self.n_jobs, len(outputs))(
+                delayed(site_features)(scan, int(self.n_quantiles)) for scan in outputs
+            )
+        )
         repeats = grouped_folds(subjects, int(self.n_splits), int(self.n_repeats), int(self.seed))
-        per_repeat = [repeated_shares(features, sites, [folds], C) for folds in repeats]
-        shares = np.mean(per_repeat, axis=0)
         # The permutation test uses the first repeat's folds only, for the observed and every permuted
         # labelling alike (so the statistic is the same function of the labels): the p-value stays valid
         # and costs n_splits fits per permutation instead of n_splits * n_repeats.
-        first = repeats[:1]
-        observed_first = float(per_repeat[0].mean())
         rng = np.random.default_rng([int(self.seed), 1])
-        exceed = 0
-        for _ in range(int(self.n_permutations)):
-            permuted = within_subject_permutation(sites, subjects, rng)
-            # a tolerance so that a permutation equal to the observed labelling counts as reaching it
-            exceed += float(repeated_shares(features, permuted, first, C).mean()) >= observed_first - 1e-12
+        permutations = [within_subject_permutation(sites, subjects, rng) for _ in range(int(self.n_permutations))]
+        tasks = [(sites, folds) for folds in repeats] + [(permuted, repeats[0]) for permuted in permutations]
+        all_shares = worker_pool(self.n_jobs, len(tasks))(
+            delayed(repeated_shares)(features, labels, [folds], C) for labels, folds in tasks
+        )
+        per_repeat, permuted_shares = all_shares[: len(repeats)], all_shares[len(repeats) :]
+        shares = np.mean(per_repeat, axis=0)
+        observed_first = float(per_repeat[0].mean())
+        # a tolerance so that a permutation equal to the observed labelling counts as reaching it
+        exceed = sum(float(s.mean()) >= observed_first - 1e-12 for s in permuted_shares)
         p_value = (1.0 + exceed) / (1.0 + int(self.n_permutations))
         chance = 1.0 / len(distinct_sites)
         records: list[dict[str, Any]] = []

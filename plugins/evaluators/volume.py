@@ -34,14 +34,18 @@ A zero reference volume gives NaN.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from joblib import delayed
 
 from harmbench import hookimpl
 from harmbench.api import EvalCase, MetricSpec, PerScanEvaluator
-from harmbench.data.scan import TISSUES, array_digest
+from harmbench.data.scan import TISSUES, Scan, array_digest
+from harmbench.parallel import check_jobs, worker_pool
 
-from ._tissue import segment, tissue_volumes
+from ._tissue import brain_volumes, tissue_volumes
 
 #: Tissues whose ``ravd_<k>_gt`` stands for the anatomy axis (see the module docstring).
 AXIS_TISSUES = ("gm", "wm")
@@ -97,23 +101,47 @@ def _specs() -> tuple[MetricSpec, ...]:
 
 class VolumeEvaluator(PerScanEvaluator):
     """rAVD of CSF, GM, WM against ground truth, the target-site scan and (HAIL's) the input (Parida et al.,
-    arXiv 2308.11047), with one fixed per-image GMM segmenter."""
+    arXiv 2308.11047), with one fixed per-image GMM segmenter.
+
+    Parameter: ``n_jobs``, worker processes for the per-image tissue fits (`harmbench.parallel.worker_pool`;
+    None: the run's thread budget); the scores do not depend on it.
+    """
 
     name = "volume"
     version = "2.0"
     metrics = _specs()
 
-    def __init__(self) -> None:
-        pass
+    def __init__(self, n_jobs: int | None = None) -> None:
+        self.n_jobs = n_jobs
+
+    def _memo(self) -> dict[str, dict[int, int]]:
+        return self.__dict__.setdefault("_volumes", {})
 
     def _segmented_volumes(self, data: np.ndarray, brain: np.ndarray) -> dict[int, int]:
         """Tissue volumes of one image, remembered by content: every harmonizer's cell of a scenario shares its
         inputs and targets, and identity returns its input (the segmenter is a fixed function of the image)."""
         key = array_digest(data, brain)
-        memo: dict[str, dict[int, int]] = self.__dict__.setdefault("_volumes", {})
+        memo = self._memo()
         if key not in memo:
-            memo[key] = tissue_volumes(segment(data, brain))
+            memo[key] = brain_volumes(data[brain])
         return dict(memo[key])
+
+    def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
+        # The images not yet segmented are fitted first, in worker processes; the per-scan loop then reads them
+        # from the memo.
+        check_jobs(self.name, self.n_jobs)
+        memo = self._memo()
+        todo: dict[str, Scan] = {}
+        for case in cases:
+            for scan in (case.output, case.input, case.target):
+                if scan is not None:
+                    key = array_digest(scan.data, scan.brain)
+                    if key not in memo:
+                        todo.setdefault(key, scan)
+        # a worker gets the brain's intensities only, a sixth of the volume at the default profile
+        fitted = worker_pool(self.n_jobs, len(todo))(delayed(brain_volumes)(s.data[s.brain]) for s in todo.values())
+        memo.update(zip(todo, fitted, strict=True))
+        return super().evaluate(cases)
 
     def evaluate_scan(self, case: EvalCase) -> dict[str, float]:
         v_pred = self._segmented_volumes(case.output.data, case.output.brain)

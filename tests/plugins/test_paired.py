@@ -9,7 +9,7 @@ from harmbench_plugins.evaluators import paired
 from harmbench_plugins.evaluators.paired import PSNR_MAX_DB, PairedEvaluator, ssim_map
 
 from harmbench.api import EvalCase
-from harmbench.errors import DataError
+from harmbench.errors import ConfigError, DataError
 from harmbench.testing import check_evaluator
 
 
@@ -127,3 +127,25 @@ def test_each_target_is_prepared_once_with_the_same_figures(tiny_cohort, monkeyp
     before = len(calls)
     ev.evaluate_scan(EvalCase(input=a, output=a, target=other))
     assert len(calls) == before + 2  # a new target, then the output
+
+
+def test_scores_do_not_depend_on_n_jobs(tiny_cohort):
+    # with worker processes the cases go out grouped by target; the same figures, in the same order
+    subjects = tiny_cohort.subjects[:3]
+    cases = []
+    for k, subject in enumerate(subjects):
+        target = tiny_cohort.find(subject, tiny_cohort.sites[0])
+        for site in tiny_cohort.sites[1:3]:
+            scan = tiny_cohort.find(subject, site)
+            cases.append(EvalCase(input=scan, output=_noisy(scan, 2.0 + k, seed=k), target=target))
+    cases.insert(2, EvalCase(input=cases[0].input, output=cases[0].input, target=None))
+    parallel = PairedEvaluator(n_jobs=2).evaluate(cases)
+    assert parallel == PairedEvaluator(n_jobs=1).evaluate(cases)
+    assert math.isnan(parallel[4]["value"]) and parallel[4]["metric"] == "psnr"  # the case without a target
+    with pytest.raises(ConfigError, match="paired: parameter 'n_jobs'"):
+        PairedEvaluator(n_jobs=0).evaluate(cases)
+    small = dataclasses.replace(cases[0].target, data=cases[0].target.data[:-1], mask=None, labels=None)
+    with pytest.raises(DataError, match="shape"):
+        PairedEvaluator(n_jobs=2).evaluate(
+            [*cases, EvalCase(input=cases[0].input, output=cases[0].input, target=small)]
+        )

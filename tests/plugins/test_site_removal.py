@@ -164,6 +164,14 @@ def test_deterministic(tiny_cohort):
     assert _fast().evaluate(cases) == _fast().evaluate(cases)
 
 
+def test_scores_do_not_depend_on_n_jobs(tiny_cohort):
+    # features and fits run in worker processes; the same computations, gathered in order
+    scans = _source_scans(tiny_cohort)
+    noisy = [s.with_data(s.data * np.float32(1.0 + 0.1 * i)) for i, s in enumerate(scans)]
+    cases = [EvalCase(input=s, output=o, target=None) for s, o in zip(scans, noisy, strict=True)]
+    assert _fast(n_jobs=2).evaluate(cases) == _fast(n_jobs=1).evaluate(cases)
+
+
 def test_clear_errors(tiny_cohort):
     one_site = [EvalCase(input=s, output=s, target=None) for s in tiny_cohort.by_site(tiny_cohort.sites[1])]
     with pytest.raises(DataError, match="at least 2"):
@@ -181,6 +189,8 @@ def test_clear_errors(tiny_cohort):
         SiteRemovalEvaluator(n_splits=1).evaluate(cases)
     with pytest.raises(ConfigError, match="'n_permutations'"):
         SiteRemovalEvaluator(n_permutations=0).evaluate(cases)
+    with pytest.raises(ConfigError, match="site_removal: parameter 'n_jobs'"):
+        SiteRemovalEvaluator(n_jobs=0).evaluate(cases)
 
 
 def test_declared_and_registered():

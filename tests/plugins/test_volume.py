@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 from harmbench_plugins.evaluators import volume
-from harmbench_plugins.evaluators._tissue import segment
+from harmbench_plugins.evaluators._tissue import brain_volumes, segment, tissue_volumes
 from harmbench_plugins.evaluators.volume import VolumeEvaluator, ravd
 
 from harmbench.api import EvalCase
+from harmbench.errors import ConfigError
 from harmbench.testing import check_evaluator
 
 MAIN = ("ravd_gm", "ravd_wm", "ravd_csf")
@@ -79,9 +80,9 @@ def test_target_variant_is_zero_for_a_perfect_output_and_nan_without_target(tiny
 def test_each_distinct_image_is_segmented_once(tiny_cohort, monkeypatch):
     # inputs and targets are shared by every harmonizer's cell: segmented once per evaluator; a changed image is not
     calls = []
-    monkeypatch.setattr(volume, "segment", lambda data, brain: calls.append(1) or segment(data, brain))
+    monkeypatch.setattr(volume, "brain_volumes", lambda values: calls.append(1) or brain_volumes(values))
     scan, target = _scan(tiny_cohort), _scan(tiny_cohort, site_index=0)
-    evaluator = VolumeEvaluator()
+    evaluator = VolumeEvaluator(n_jobs=1)
     first = evaluator.evaluate_scan(EvalCase(input=scan, output=scan, target=target))
     assert len(calls) == 2  # the input (= this output) and the target
     assert evaluator.evaluate_scan(EvalCase(input=scan, output=scan, target=target)) == first and len(calls) == 2
@@ -89,6 +90,31 @@ def test_each_distinct_image_is_segmented_once(tiny_cohort, monkeypatch):
     changed.data[tuple(np.argwhere(scan.brain)[0])] += 1.0
     evaluator.evaluate_scan(EvalCase(input=scan, output=changed, target=target))
     assert len(calls) == 3
+    # a whole cell fits what is new to it first, once each, then scores from the memo
+    other = _scan(tiny_cohort, site_index=2)
+    evaluator.evaluate(
+        [EvalCase(input=scan, output=other, target=target), EvalCase(input=other, output=other, target=None)]
+    )
+    assert len(calls) == 4
+
+
+def test_brain_volumes_are_the_segmenters_volumes(tiny_cohort):
+    for scan in tiny_cohort.scans[:4]:
+        assert brain_volumes(scan.data[scan.brain]) == tissue_volumes(segment(scan.data, scan.brain))
+    assert brain_volumes(np.empty(0, dtype=np.float32)) == {1: 0, 2: 0, 3: 0}
+
+
+def test_scores_do_not_depend_on_n_jobs(tiny_cohort):
+    # the tissue fits run in worker processes; the same fits, gathered in order
+    scans = tiny_cohort.scans[:8]
+    target = _scan(tiny_cohort, site_index=0)
+    cases = [
+        EvalCase(input=s, output=s.with_data(s.data * np.float32(0.5 + 0.1 * i) + np.float32(i)), target=target)
+        for i, s in enumerate(scans)
+    ]
+    assert VolumeEvaluator(n_jobs=2).evaluate(cases) == VolumeEvaluator(n_jobs=1).evaluate(cases)
+    with pytest.raises(ConfigError, match="volume: parameter 'n_jobs'"):
+        VolumeEvaluator(n_jobs=-1).evaluate(cases)
 
 
 def test_ravd_definition():

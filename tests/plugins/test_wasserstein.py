@@ -78,3 +78,23 @@ def test_registered_and_declared():
     assert nwd_ip.higher_is_better is None and nwd_ip.ideal is None and not nwd_ip.ranked and not nwd_ip.main
     assert ev.metric("nwd_tp").higher_is_better is False and ev.metric("nwd_tp").axis == "intensity"
     assert not ev.metric("w1_target").main
+
+
+def test_remembered_inputs_and_targets_give_the_plain_figures(tiny_cohort):
+    # inputs and targets are sorted once per evaluator (every harmonizer's cell shares them); the figures are
+    # those of the distances on the raw brain voxels, for a changed output and for the pooled fallback alike
+    scan, target, other = _pair(tiny_cohort)
+    evaluator = WassersteinEvaluator()
+    outputs = [scan, scan.with_data(scan.data * np.float32(1.3)), target]
+    for output in outputs:
+        got = evaluator.evaluate_scan(EvalCase(input=scan, output=output, target=target))
+        w_it = wasserstein_distance(scan.brain_values(), target.brain_values())
+        w_tp = wasserstein_distance(target.brain_values(), output.brain_values())
+        assert got["nwd_tp"] == pytest.approx(w_tp / w_it, rel=1e-9, abs=1e-12)
+        assert got == WassersteinEvaluator().evaluate_scan(EvalCase(input=scan, output=output, target=target))
+    pooled = EvalCase(input=scan, output=outputs[1], target=None, target_pool=[target, other])
+    assert evaluator.evaluate_scan(pooled) == WassersteinEvaluator().evaluate_scan(pooled)
+    pool_w = wasserstein_distance(
+        np.concatenate([target.brain_values(), other.brain_values()]), outputs[1].brain_values()
+    )
+    assert evaluator.evaluate_scan(pooled)["w1_target"] == pytest.approx(pool_w, rel=1e-9)
