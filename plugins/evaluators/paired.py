@@ -123,7 +123,11 @@ def ssim(x: np.ndarray, y: np.ndarray, region: np.ndarray, data_range: float = 1
 
 
 class PairedEvaluator(PerScanEvaluator):
-    """BlindHarmony's paired PSNR / SSIM against the same subject's target-site scan (Jeong et al., ICCV 2023)."""
+    """BlindHarmony's paired PSNR / SSIM against the same subject's target-site scan (Jeong et al., ICCV 2023).
+
+    Parameter: ``n_jobs``, worker processes for the cases, grouped by target scan
+    (`harmbench.parallel.worker_pool`; None: the run's thread budget); the scores do not depend on it.
+    """
 
     name = "paired"
     version = "2.0"
@@ -149,6 +153,9 @@ class PairedEvaluator(PerScanEvaluator):
     def __init__(self, n_jobs: int | None = None) -> None:
         self.n_jobs = n_jobs
 
+    def _validate(self) -> None:
+        check_jobs(self.name, self.n_jobs)
+
     def _target_side(self, target: Scan) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """The target normalised, with its local moments; remembered by content, since every harmonizer's
         cell of a scenario scores against the same target scans (about 7 MB per target, float64)."""
@@ -159,7 +166,7 @@ class PairedEvaluator(PerScanEvaluator):
         return memo[key]
 
     def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
-        check_jobs(self.name, self.n_jobs)
+        self._validate()
         for case in cases:
             _check_shapes(case)
         # With worker processes, the cases go out in groups that share a target scan: each worker works out its

@@ -114,6 +114,9 @@ class VolumeEvaluator(PerScanEvaluator):
     def __init__(self, n_jobs: int | None = None) -> None:
         self.n_jobs = n_jobs
 
+    def _validate(self) -> None:
+        check_jobs(self.name, self.n_jobs)
+
     def _memo(self) -> dict[str, dict[int, int]]:
         return self.__dict__.setdefault("_volumes", {})
 
@@ -129,7 +132,7 @@ class VolumeEvaluator(PerScanEvaluator):
     def evaluate(self, cases: Sequence[EvalCase]) -> list[dict[str, Any]]:
         # The images not yet segmented are fitted first, in worker processes; the per-scan loop then reads them
         # from the memo.
-        check_jobs(self.name, self.n_jobs)
+        self._validate()
         memo = self._memo()
         todo: dict[str, Scan] = {}
         for case in cases:
