@@ -141,7 +141,7 @@ class VolumeEvaluator(PerScanEvaluator):
                     key = array_digest(scan.data, scan.brain)
                     if key not in memo:
                         todo.setdefault(key, scan)
-        # a worker gets the brain's intensities only, a sixth of the volume at the default profile
+        # a worker gets the brain's intensities only, about a quarter of the volume at the default profile
         fitted = worker_pool(self.n_jobs, len(todo))(delayed(brain_volumes)(s.data[s.brain]) for s in todo.values())
         memo.update(zip(todo, fitted, strict=True))
         return super().evaluate(cases)
