@@ -67,26 +67,26 @@ def _responsibilities(x: np.ndarray, means: np.ndarray, var: np.ndarray, weights
     return p / p.sum(axis=1, keepdims=True)
 
 
+def brain_labels(values: np.ndarray) -> np.ndarray:
+    """uint8 labels (1 CSF, 2 GM, 3 WM) of the brain's intensities ``data[brain]`` from their own mixture."""
+    values = np.asarray(values).astype(np.float64)
+    if values.size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    means, sds, weights = fit_mixture(values)
+    return (np.argmax(_log_joint(values, means, sds**2, weights), axis=1) + 1).astype(np.uint8)
+
+
 def segment(data: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """uint8 labels (0 outside ``brain``, 1 CSF, 2 GM, 3 WM) from the per-image mixture."""
     labels = np.zeros(data.shape, dtype=np.uint8)
-    values = data[brain].astype(np.float64)
-    if values.size == 0:
-        return labels
-    means, sds, weights = fit_mixture(values)
-    labels[brain] = (np.argmax(_log_joint(values, means, sds**2, weights), axis=1) + 1).astype(np.uint8)
+    labels[brain] = brain_labels(data[brain])
     return labels
 
 
 def brain_volumes(values: np.ndarray) -> dict[int, int]:
-    """``tissue_volumes(segment(data, brain))`` from the brain's intensities ``data[brain]`` alone (voxel counts
-    of CSF, GM, WM): the same fit and the same labels, without the volume around them."""
-    values = np.asarray(values).astype(np.float64)
-    if values.size == 0:
-        return {k: 0 for k in (1, 2, 3)}
-    means, sds, weights = fit_mixture(values)
-    counts = np.bincount(np.argmax(_log_joint(values, means, sds**2, weights), axis=1) + 1, minlength=4)
-    return {k: int(counts[k]) for k in (1, 2, 3)}
+    """``tissue_volumes(segment(data, brain))`` from the brain's intensities ``data[brain]`` alone: the same
+    labels, counted without the volume around them."""
+    return tissue_volumes(brain_labels(values))
 
 
 def tissue_volumes(labels: np.ndarray) -> dict[int, int]:

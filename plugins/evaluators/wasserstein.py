@@ -99,7 +99,7 @@ class WassersteinEvaluator(PerScanEvaluator):
 
     def _sorted(self, *scans: Scan) -> np.ndarray:
         """The scans' brain voxels, pooled and sorted; remembered by content, since every harmonizer's cell of a
-        scenario shares its inputs and targets (about 0.4 MB per scan at the default profile)."""
+        scenario shares its inputs and targets (about 0.6 MB per scan at the default profile)."""
         key = array_digest(*(a for s in scans for a in (s.data, s.brain)))
         memo: dict[str, np.ndarray] = self.__dict__.setdefault("_sorted_values", {})
         if key not in memo:
