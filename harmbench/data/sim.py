@@ -52,11 +52,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from joblib import delayed
 from scipy import fft as scipy_fft
 from scipy import ndimage
 
 from harmbench.data.scan import RESCAN_SESSION, Cohort, Scan
 from harmbench.errors import ConfigError
+from harmbench.parallel import caller_blas_threads, check_jobs, with_blas_threads, worker_pool
 from harmbench.progress import progress as progress_bar
 
 __all__ = [
@@ -1117,6 +1119,7 @@ def simulate_cohort(
     atrophy: bool = True,
     anatomy_variation: bool = True,
     rescan_sites: Sequence[str] | str | None = None,
+    n_jobs: int | None = None,
 ) -> Cohort:
     """The traveling-subject cohort ``harmbench-sim``: every subject scanned at every site, plus rescans.
 
@@ -1126,18 +1129,29 @@ def simulate_cohort(
     last. ``rescan_sites``: site names, ``"all"``, ``"none"``, or None for the
     built-in default target site (when simulated). Covariates: ``age`` (years,
     20–80) and ``sex`` (0/1), the same at every site. ``progress=False`` silences
-    the progress bar (see `harmbench.progress`).
+    the progress bar (see `harmbench.progress`). ``n_jobs``: worker processes, one
+    subject each at a time (`harmbench.parallel.worker_pool`; None: the run's
+    thread budget); each worker simulates under this process's BLAS thread
+    counts, so the scans do not depend on it.
     """
+    check_jobs("simulate_cohort", n_jobs)
     prof = _profile(profile)
     n = prof.n_subjects if n_subjects is None else int(n_subjects)
     if n < 1:
         raise ConfigError(f"n_subjects must be at least 1, got {n_subjects!r}")
     v, site_list = _resolve(profile, sites, voxel_mm)
     rescans = _rescan_names(rescan_sites, site_list)
+    threads = caller_blas_threads()
+    subjects = worker_pool(n_jobs, n, lazy=True)(
+        delayed(with_blas_threads)(
+            threads, _simulate_subject, index, site_list, seed, v, atrophy, rescans, anatomy_variation
+        )
+        for index in range(n)
+    )
     scans: list[Scan] = []
-    bar = progress_bar(range(n), enabled=progress, desc=f"{COHORT_NAME} ({profile}, {v:g} mm)", unit="subject")
-    for index in bar:
-        scans.extend(_simulate_subject(index, site_list, seed, v, atrophy, rescans, anatomy_variation))
+    bar = progress_bar(subjects, enabled=progress, desc=f"{COHORT_NAME} ({profile}, {v:g} mm)", unit="subject", total=n)
+    for subject_scans in bar:
+        scans.extend(subject_scans)
     return Cohort(scans, name=COHORT_NAME)
 
 

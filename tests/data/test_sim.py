@@ -149,6 +149,19 @@ def test_subset_of_subjects_gives_the_same_scans(cohort):
     np.testing.assert_array_equal(alone[0].data, cohort.find("sub-003", alone[0].site).data)
 
 
+def test_worker_processes_give_the_same_scans(cohort):
+    # Two workers (each simulating under the caller's BLAS thread counts) against one process: equal arrays.
+    serial = sim.simulate_cohort("quick", seed=0, n_subjects=3, voxel_mm=V, n_jobs=1)
+    assert [s.key for s in serial] == [s.key for s in cohort]
+    parallel = sim.simulate_cohort("quick", seed=0, n_subjects=3, voxel_mm=V, n_jobs=2)
+    assert [s.key for s in parallel] == [s.key for s in serial]
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert (a.covariates, a.source, a.session) == (b.covariates, b.source, b.session)
+
+
 def test_atrophy_grows_csf_with_age():
     scans = [sim.simulate_subject(i, sites=sim.default_sites()[:1], voxel_mm=4.0)[0] for i in range(6)]
     ages = np.array([s.covariates["age"] for s in scans])
@@ -275,6 +288,8 @@ def test_bad_arguments():
         sim.simulate_cohort("huge")
     with pytest.raises(ConfigError, match="n_subjects"):
         sim.simulate_cohort("quick", n_subjects=0, voxel_mm=V)
+    with pytest.raises(ConfigError, match="simulate_cohort: parameter 'n_jobs'"):
+        sim.simulate_cohort("quick", n_subjects=1, voxel_mm=V, n_jobs=0)
 
 
 def test_dataset_plugin(tmp_path):
