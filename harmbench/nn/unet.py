@@ -80,6 +80,10 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.InstanceNorm3d(channels, affine=True) if kind == "instance" else nn.Identity()
 
 
+#: stride and dilation of the convolutions `Conv3d` sends to oneDNN
+_ONES = (1, 1, 1)
+
+
 class _OneDNNConvolution(torch.autograd.Function):
     """A stride-1 convolution whose forward and backward passes are all oneDNN forward convolutions.
 
@@ -124,9 +128,6 @@ class _OneDNNConvolution(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3, 4))
         return grad_x, grad_weight, grad_bias, None
-
-
-_ONES = (1, 1, 1)
 
 
 class Conv3d(nn.Conv3d):

@@ -105,7 +105,7 @@ def test_inference_convolution_is_the_same_convolution(channels, kernel, shape):
 def test_training_convolution_has_the_same_gradients(channels, kernel, shape, batch):
     # In training the forward and both gradients are oneDNN forward convolutions: against nn.Conv3d in float64,
     # the same output and gradients up to float32 rounding (largest relative difference measured 3.8e-6 here,
-    # against 1e-6 for nn.Conv3d in float32).
+    # against 1e-6 for nn.Conv3d in float32; the bound leaves 5x for other CPUs, a wrong gradient is off by O(1)).
     generator = torch.Generator().manual_seed(1)
     conv = Conv3d(*channels, kernel_size=kernel, padding=kernel // 2)
     exact = torch.nn.Conv3d(*channels, kernel_size=kernel, padding=kernel // 2).double()
@@ -120,7 +120,7 @@ def test_training_convolution_has_the_same_gradients(channels, kernel, shape, ba
     pairs += [(conv.weight.grad, exact.weight.grad), (conv.bias.grad, exact.bias.grad)]
     for got, want in pairs:
         assert got.shape == want.shape
-        assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-5
+        assert float((got.double() - want).abs().max() / want.abs().max()) < 2e-5
 
 
 def test_convolutions_oneDNN_cannot_take_are_nn_conv3d_bit_for_bit():
